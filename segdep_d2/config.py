@@ -1,0 +1,48 @@
+"""Every config key segdep_d2 adds to detectron2's, declared once with its default."""
+from detectron2.config import CfgNode as CN
+from detectron2.projects.panoptic_deeplab import add_panoptic_deeplab_config
+
+
+def add_segdep_config(cfg):
+    """Add segdep_d2's keys (and detectron2's DeepLab / Panoptic-DeepLab keys) to ``cfg``.
+
+    Idempotent: calling it twice leaves values already set (e.g. merged from a file) untouched.
+    """
+    if "DEPTH_HEAD" in cfg.MODEL:
+        return cfg
+    add_panoptic_deeplab_config(cfg)  # also calls add_deeplab_config
+
+    # ---- depth decoder (PanopticDepthLab's third branch) ----
+    cfg.MODEL.DEPTH_HEAD = CN()
+    cfg.MODEL.DEPTH_HEAD.NAME = "PanopticDepthLabDepthHead"
+    cfg.MODEL.DEPTH_HEAD.IN_FEATURES = ["res2", "res3", "res5"]
+    cfg.MODEL.DEPTH_HEAD.PROJECT_CHANNELS = [32, 64]
+    cfg.MODEL.DEPTH_HEAD.ASPP_CHANNELS = 256
+    cfg.MODEL.DEPTH_HEAD.ASPP_DILATIONS = [6, 12, 18]
+    cfg.MODEL.DEPTH_HEAD.ASPP_DROPOUT = 0.1
+    cfg.MODEL.DEPTH_HEAD.CONVS_DIM = 128
+    cfg.MODEL.DEPTH_HEAD.HEAD_CHANNELS = 32
+    cfg.MODEL.DEPTH_HEAD.COMMON_STRIDE = 4
+    cfg.MODEL.DEPTH_HEAD.NORM = "SyncBN"
+    # How the predictor's raw output becomes metres: "log" (exp of the output, clamped to
+    # [MIN_DEPTH, MAX_DEPTH]) or "sigmoid" (MAX_DEPTH * sigmoid, the SafeTrip-Q HydraNet choice).
+    cfg.MODEL.DEPTH_HEAD.OUTPUT_TYPE = "log"
+    cfg.MODEL.DEPTH_HEAD.MIN_DEPTH = 1e-3
+    cfg.MODEL.DEPTH_HEAD.MAX_DEPTH = 80.0
+    # Weighted sum of depth losses: any of "l1" (masked L1, the Panoptic-DepthLab seed's loss),
+    # "berhu" (reverse / inverse Huber), "silog" (scale-invariant log).
+    cfg.MODEL.DEPTH_HEAD.LOSSES = ["l1"]
+    cfg.MODEL.DEPTH_HEAD.LOSS_WEIGHTS = [1.0]
+    cfg.MODEL.DEPTH_HEAD.BERHU_THRESHOLD = 0.2  # c = threshold * max |residual| in the batch
+    cfg.MODEL.DEPTH_HEAD.SILOG_VARIANCE_FOCUS = 0.85
+    cfg.MODEL.DEPTH_HEAD.LOSS_WEIGHT = 1.0
+
+    # ---- evaluation ----
+    cfg.TEST.DEPTH = CN()
+    # The valid ground-truth range (min, max) in metres comes from the dataset's metadata
+    # ``depth_range``, for the training mask and the metrics alike.
+    cfg.TEST.DEPTH.CROP = ""  # "", "garg" or "eigen" (KITTI evaluation crops)
+    cfg.TEST.DEPTH.MEDIAN_SCALING = False
+    # Depth-aware PQ thresholds on the relative depth error (ViP-DeepLab's lambda).
+    cfg.TEST.DEPTH.DPQ_THRESHOLDS = [0.1, 0.25, 0.5]
+    return cfg

@@ -1,0 +1,17 @@
+"""Register every builtin dataset under ``$DETECTRON2_DATASETS`` (default ``datasets``), once."""
+import os
+
+from detectron2.data import DatasetCatalog
+
+from .cityscapes_depth import register_all_cityscapes_depth
+from .vkitti2 import register_all_vkitti2
+
+
+def register_all(datasets_root=None):
+    """Idempotent: a second call (or a second ``import segdep_d2``) registers nothing."""
+    if "vkitti2_train" in DatasetCatalog.list():
+        return
+    if datasets_root is None:
+        datasets_root = os.getenv("DETECTRON2_DATASETS", "datasets")
+    register_all_vkitti2(datasets_root)
+    register_all_cityscapes_depth(datasets_root)

@@ -1,0 +1,71 @@
+"""Cityscapes panoptic (detectron2's registration) plus disparity-derived depth.
+
+Records are exactly those of detectron2's ``cityscapes_fine_panoptic_<split>`` with
+``depth_file_name`` (``disparity/<split>/<city>/*_disparity.png``, ``depth_format``
+``cityscapes_disparity``) and ``camera_file_name`` (``camera/<split>/<city>/*_camera.json``) added.
+"""
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES
+from detectron2.data.datasets.cityscapes_panoptic import load_cityscapes_panoptic
+
+CITYSCAPES_DEPTH_RANGE = (1e-3, 80.0)
+_SPLITS = ("train", "val")
+
+
+def cityscapes_depth_metadata():
+    names = [c["name"] for c in CITYSCAPES_CATEGORIES]
+    colors = [c["color"] for c in CITYSCAPES_CATEGORIES]
+    return dict(
+        thing_classes=names,
+        thing_colors=colors,
+        stuff_classes=names,
+        stuff_colors=colors,
+        thing_dataset_id_to_contiguous_id={c["id"]: c["trainId"] for c in CITYSCAPES_CATEGORIES if c["isthing"]},
+        # all classes (detectron2 lists stuff only): the panoptic loader checks things first, and
+        # SemSegEvaluator needs a dataset id for every predicted class.
+        stuff_dataset_id_to_contiguous_id={c["id"]: c["trainId"] for c in CITYSCAPES_CATEGORIES},
+        ignore_label=255,
+        label_divisor=1000,
+        depth_range=CITYSCAPES_DEPTH_RANGE,
+        evaluator_type="panoptic_depth",
+    )
+
+
+def _sibling(image_file, folder, suffix):
+    """leftImg8bit/<split>/<city>/X_leftImg8bit.png -> <folder>/<split>/<city>/X<suffix>."""
+    city_dir, name = os.path.split(image_file)
+    split_dir, city = os.path.split(city_dir)
+    image_root, split = os.path.split(split_dir)
+    root = os.path.dirname(image_root)
+    return os.path.join(root, folder, split, city, name.replace("_leftImg8bit.png", suffix))
+
+
+def load_cityscapes_panoptic_depth(image_dir, gt_dir, gt_json, meta):
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(
+            f"Cityscapes images not found: {image_dir}. Expected <root>/cityscapes/leftImg8bit/<split>/<city>/ "
+            "(see datasets/README.md)"
+        )
+    dicts = load_cityscapes_panoptic(image_dir, gt_dir, gt_json, meta)
+    for record in dicts:
+        record["depth_file_name"] = _sibling(record["file_name"], "disparity", "_disparity.png")
+        record["depth_format"] = "cityscapes_disparity"
+        record["camera_file_name"] = _sibling(record["file_name"], "camera", "_camera.json")
+    return dicts
+
+
+def register_all_cityscapes_depth(datasets_root):
+    meta = cityscapes_depth_metadata()
+    for split in _SPLITS:
+        name = f"cityscapes_fine_panoptic_depth_{split}"
+        image_dir = os.path.join(datasets_root, "cityscapes", "leftImg8bit", split)
+        gt_dir = os.path.join(datasets_root, "cityscapes", "gtFine", f"cityscapes_panoptic_{split}")
+        gt_json = gt_dir + ".json"
+        DatasetCatalog.register(
+            name, lambda x=image_dir, y=gt_dir, z=gt_json: load_cityscapes_panoptic_depth(x, y, z, meta)
+        )
+        MetadataCatalog.get(name).set(
+            image_root=image_dir, panoptic_root=gt_dir, panoptic_json=gt_json, **meta
+        )

@@ -1,0 +1,199 @@
+"""Virtual KITTI 2 read from its official layout (DESIGN.md §3).
+
+Both layouts are accepted: the merged tree ``<root>/SceneXX/<variation>/frames/<kind>/Camera_k/``
+and the per-archive roots ``<root>/vkitti_2.0.3_<kind>/SceneXX/...``. Folder names are matched
+case-insensitively (``classSegmentation`` vs ``classsegmentation`` differs between sources).
+VKITTI2 has no official split: by default ``Scene20`` is held out for validation.
+"""
+import logging
+import os
+import re
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
+
+from .vkitti2_categories import VKITTI2_CATEGORIES, VKITTI2_IGNORE_LABEL, VKITTI2_LABEL_DIVISOR
+
+logger = logging.getLogger(__name__)
+
+VKITTI2_SCENES = ("Scene01", "Scene02", "Scene06", "Scene18", "Scene20")
+VKITTI2_VARIATIONS = (
+    "15-deg-left", "15-deg-right", "30-deg-left", "30-deg-right",
+    "clone", "fog", "morning", "overcast", "rain", "sunset",
+)
+VKITTI2_VAL_SCENES = ("Scene20",)
+VKITTI2_DEPTH_RANGE = (1e-3, 80.0)
+
+# frame kind (lower case) -> (dataset dict key, file name pattern)
+_FRAME_FILES = {
+    "rgb": ("file_name", "rgb_{:05d}.jpg"),
+    "depth": ("depth_file_name", "depth_{:05d}.png"),
+    "classsegmentation": ("sem_seg_file_name", "classgt_{:05d}.png"),
+    "instancesegmentation": ("instance_file_name", "instancegt_{:05d}.png"),
+}
+_RGB_NAME = re.compile(r"^rgb_(\d+)\.jpg$", re.IGNORECASE)
+
+
+def _child(path, name):
+    """``path/name`` matched case-insensitively, or None."""
+    if not os.path.isdir(path):
+        return None
+    exact = os.path.join(path, name)
+    if os.path.exists(exact):
+        return exact
+    for entry in os.listdir(path):
+        if entry.lower() == name.lower():
+            return os.path.join(path, entry)
+    return None
+
+
+def _layout_roots(root):
+    """The merged root itself plus every per-archive root ``vkitti_2.0.3_<kind>`` inside it."""
+    roots = [root]
+    for entry in sorted(os.listdir(root)):
+        if entry.lower().startswith("vkitti_2") and os.path.isdir(os.path.join(root, entry)):
+            roots.append(os.path.join(root, entry))
+    return roots
+
+
+def _find(roots, *parts):
+    """First existing ``root/parts...`` over all layout roots, matching case-insensitively."""
+    for base in roots:
+        path = base
+        for part in parts:
+            path = _child(path, part)
+            if path is None:
+                break
+        if path is not None:
+            return path
+    return None
+
+
+def _read_intrinsics(path):
+    """intrinsic.txt -> {(frame, camera_id): 3x3 K as nested lists}."""
+    intrinsics = {}
+    with open(path) as f:
+        next(f)  # header: frame cameraID K[0,0] K[1,1] K[0,2] K[1,2]
+        for line in f:
+            fields = line.split()
+            if len(fields) != 6:
+                continue
+            frame, cam = int(fields[0]), int(fields[1])
+            fx, fy, cx, cy = (float(v) for v in fields[2:])
+            intrinsics[(frame, cam)] = [[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]
+    return intrinsics
+
+
+def load_vkitti2(root, scenes=VKITTI2_SCENES, variations=VKITTI2_VARIATIONS, cameras=("Camera_0",)):
+    """Dataset dicts for the chosen scenes / variations / cameras of a VKITTI2 root.
+
+    Every frame has ``file_name``, ``image_id``, ``height``, ``width``, ``sequence_id``,
+    ``frame_index`` and, where the files exist, ``depth_file_name`` (``vkitti2_cm``),
+    ``sem_seg_file_name`` + ``colors_file_name`` and ``instance_file_name`` (``label_format``
+    ``"vkitti2"``) and ``intrinsics`` (3x3).
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"Virtual KITTI 2 root not found: {root}. Expected {root}/SceneXX/<variation>/frames/... "
+            "(see datasets/README.md); set $DETECTRON2_DATASETS to the folder that holds 'vkitti2/'."
+        )
+    roots = _layout_roots(root)
+    dicts = []
+    missing = {key: 0 for key, _ in _FRAME_FILES.values()}
+    for scene in scenes:
+        for variation in variations:
+            colors = _find(roots, scene, variation, "colors.txt")
+            intrinsic_file = _find(roots, scene, variation, "intrinsic.txt")
+            intrinsics = _read_intrinsics(intrinsic_file) if intrinsic_file else {}
+            for camera in cameras:
+                cam_id = int(camera.rsplit("_", 1)[-1])
+                folders = {
+                    kind: _find(roots, scene, variation, "frames", kind, camera) for kind in _FRAME_FILES
+                }
+                if folders["rgb"] is None:
+                    continue
+                listings = {k: set(os.listdir(v)) if v else set() for k, v in folders.items()}
+                frames = sorted(
+                    int(m.group(1)) for m in map(_RGB_NAME.match, listings["rgb"]) if m is not None
+                )
+                if not frames:
+                    continue
+                with Image.open(os.path.join(folders["rgb"], "rgb_{:05d}.jpg".format(frames[0]))) as im:
+                    width, height = im.size
+                for frame in frames:
+                    record = {
+                        "image_id": f"{scene}_{variation}_{camera}_{frame:05d}",
+                        "height": height,
+                        "width": width,
+                        "sequence_id": f"{scene}/{variation}/{camera}",
+                        "frame_index": frame,
+                    }
+                    for kind, (key, pattern) in _FRAME_FILES.items():
+                        name = pattern.format(frame)
+                        if name in listings[kind]:
+                            record[key] = os.path.join(folders[kind], name)
+                        elif folders[kind] is not None:
+                            missing[key] += 1
+                    if "depth_file_name" in record:
+                        record["depth_format"] = "vkitti2_cm"
+                    if "sem_seg_file_name" in record:
+                        if colors is None:
+                            raise FileNotFoundError(
+                                f"{record['sem_seg_file_name']}: no colors.txt found for {scene}/{variation}"
+                            )
+                        record["label_format"] = "vkitti2"
+                        record["colors_file_name"] = colors
+                    else:
+                        record.pop("instance_file_name", None)  # instances mean nothing without classes
+                    if (frame, cam_id) in intrinsics:
+                        record["intrinsics"] = intrinsics[(frame, cam_id)]
+                    dicts.append(record)
+    if not dicts:
+        raise FileNotFoundError(
+            f"No Virtual KITTI 2 frames under {root} for scenes={list(scenes)}, "
+            f"variations={list(variations)}, cameras={list(cameras)}: expected "
+            "SceneXX/<variation>/frames/rgb/Camera_k/rgb_XXXXX.jpg (merged or vkitti_2.0.3_rgb/ layout)"
+        )
+    for key, count in missing.items():
+        if count:
+            logger.warning(f"VKITTI2 {root}: {count} frames have no {key} (their folder exists)")
+    return dicts
+
+
+def vkitti2_metadata():
+    """Metadata in detectron2's panoptic convention (as its Cityscapes panoptic registration)."""
+    names = [c["name"] for c in VKITTI2_CATEGORIES]
+    colors = [c["color"] for c in VKITTI2_CATEGORIES]
+    return dict(
+        thing_classes=names,
+        thing_colors=colors,
+        stuff_classes=names,
+        stuff_colors=colors,
+        thing_dataset_id_to_contiguous_id={c["id"]: c["trainId"] for c in VKITTI2_CATEGORIES if c["isthing"]},
+        # every class, so that SemSegEvaluator can map any predicted label back to a dataset id
+        stuff_dataset_id_to_contiguous_id={c["id"]: c["trainId"] for c in VKITTI2_CATEGORIES},
+        ignore_label=VKITTI2_IGNORE_LABEL,
+        label_divisor=VKITTI2_LABEL_DIVISOR,
+        depth_range=VKITTI2_DEPTH_RANGE,
+        evaluator_type="panoptic_depth",
+    )
+
+
+def register_vkitti2(name, root, scenes=VKITTI2_SCENES, variations=VKITTI2_VARIATIONS, cameras=("Camera_0",)):
+    """Register a VKITTI2 subset under ``name`` (DatasetCatalog + MetadataCatalog)."""
+    scenes, variations, cameras = tuple(scenes), tuple(variations), tuple(cameras)
+    DatasetCatalog.register(name, lambda: load_vkitti2(root, scenes, variations, cameras))
+    MetadataCatalog.get(name).set(
+        dataset_root=root, scenes=scenes, variations=variations, cameras=cameras, **vkitti2_metadata()
+    )
+
+
+def register_all_vkitti2(datasets_root):
+    """``vkitti2_{train,val}`` (all variations) and ``vkitti2_<variation>_{train,val}``."""
+    root = os.path.join(datasets_root, "vkitti2")
+    train_scenes = tuple(s for s in VKITTI2_SCENES if s not in VKITTI2_VAL_SCENES)
+    splits = {"train": train_scenes, "val": VKITTI2_VAL_SCENES}
+    for split, scenes in splits.items():
+        register_vkitti2(f"vkitti2_{split}", root, scenes, VKITTI2_VARIATIONS)
+        for variation in VKITTI2_VARIATIONS:
+            register_vkitti2(f"vkitti2_{variation}_{split}", root, scenes, (variation,))

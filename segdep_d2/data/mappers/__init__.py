@@ -1,0 +1,3 @@
+from .depth_panoptic_mapper import DepthPanopticDatasetMapper
+
+__all__ = ["DepthPanopticDatasetMapper"]

@@ -1,0 +1,3 @@
+from .trainer import SegDepTrainer, build_evaluators
+
+__all__ = ["SegDepTrainer", "build_evaluators"]

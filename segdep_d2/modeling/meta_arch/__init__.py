@@ -1,0 +1,3 @@
+from .panoptic_depthlab import PanopticDepthLab
+
+__all__ = ["PanopticDepthLab"]

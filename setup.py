@@ -1,0 +1,33 @@
+"""segdep_d2: panoptic segmentation with per-segment metric depth, dense depth and text queries for detectron2.
+
+torch/torchvision and detectron2 are installed before this package (see Makefile and
+tools/install_detectron2.py): detectron2 is not on PyPI, so it cannot be an install_requires entry.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="segdep_d2",
+    version="0.1.0",
+    description="Depth-aware panoptic segmentation and text-driven segmentation for detectron2",
+    packages=find_packages(include=["segdep_d2", "segdep_d2.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # detectron2's own metadata pins numpy<2; everything below is resolved against that.
+        "numpy<2",
+        # detectron2.model_zoo imports pkg_resources, which setuptools 81 removed.
+        "setuptools<81",
+        "fvcore",
+        "iopath",
+        "pycocotools",
+        "panopticapi-lite",  # provides the `panopticapi` module (panopticapi itself is not on PyPI)
+        "cityscapesscripts",
+        "open_clip_torch",
+        "timm",
+        "opencv-python-headless",
+        "Pillow",
+        "matplotlib",
+        "tabulate",
+        "tensorboard",
+    ],
+    extras_require={"test": ["pytest"]},
+)
