@@ -1,0 +1,34 @@
+"""Metrics (pure functions: arrays in, floats out) and the detectron2 evaluators that wrap them."""
+from .depth_metrics import DEPTH_METRIC_NAMES, EVAL_CROPS, depth_metrics, eval_crop_mask
+from .panoptic_depth_metrics import (
+    ImagePanopticStats,
+    PanopticMatch,
+    PanopticQualityStats,
+    depth_aware_pq,
+    dpq_key,
+    image_panoptic_depth_stats,
+    panoptic_quality_stats,
+    segment_depths,
+    summarize_panoptic_depth,
+)
+from .depth_evaluator import DepthEvaluator
+from .panoptic_depth_evaluator import PanopticDepthEvaluator, panoptic_gt_to_label_map
+
+__all__ = [
+    "DEPTH_METRIC_NAMES",
+    "EVAL_CROPS",
+    "depth_metrics",
+    "eval_crop_mask",
+    "segment_depths",
+    "PanopticQualityStats",
+    "PanopticMatch",
+    "ImagePanopticStats",
+    "panoptic_quality_stats",
+    "image_panoptic_depth_stats",
+    "summarize_panoptic_depth",
+    "depth_aware_pq",
+    "dpq_key",
+    "DepthEvaluator",
+    "PanopticDepthEvaluator",
+    "panoptic_gt_to_label_map",
+]
