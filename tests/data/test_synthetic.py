@@ -1,0 +1,277 @@
+"""The procedural street-scene generator writes the real VKITTI2 / Cityscapes formats with exact geometry."""
+import filecmp
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segdep_d2.data import synthetic as S
+from segdep_d2.data.datasets.vkitti2_categories import VKITTI2_CATEGORIES
+
+H, W = 64, 192
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _read_table(path):
+    with open(path) as fh:
+        header = fh.readline().split()
+        rows = [line.split() for line in fh if line.strip()]
+    assert all(len(r) == len(header) for r in rows), path
+    return header, rows
+
+
+def _files(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+@pytest.fixture(scope="module")
+def vk(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("vkitti2"))
+    summary = S.generate_vkitti2(out, scenes=["Scene02", "Scene20"], variations=["clone", "fog", "15-deg-left"],
+                                 cameras=[0, 1], frames=3, height=H, width=W, seed=0)
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def cs(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("cityscapes"))
+    return out, S.generate_cityscapes(out, splits={"train": 1, "val": 1}, frames=2, height=64, width=128, seed=0)
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    kw = dict(scenes=["Scene01"], variations=["clone", "rain"], cameras=[0], frames=2, height=32, width=96)
+    a, b, c = (str(tmp_path / n) for n in "abc")
+    S.generate_vkitti2(a, seed=3, **kw)
+    S.build_scene.cache_clear()  # lay the scene out again from scratch
+    S.generate_vkitti2(b, seed=3, **kw)
+    S.generate_vkitti2(c, seed=4, **kw)
+    files = _files(a)
+    assert len(files) == 2 * (2 * 4 + 6) and files == _files(b) == _files(c)
+    match, mismatch, errors = filecmp.cmpfiles(a, b, files, shallow=False)
+    assert mismatch == [] and errors == [] and len(match) == len(files)
+    rgb = os.path.join("Scene01", "clone", "frames", "rgb", "Camera_0", "rgb_00000.jpg")
+    depth = os.path.join("Scene01", "clone", "frames", "depth", "Camera_0", "depth_00001.png")
+    _, mismatch, _ = filecmp.cmpfiles(a, c, [rgb, depth], shallow=False)
+    assert mismatch == [rgb, depth]
+
+    ca, cb = str(tmp_path / "ca"), str(tmp_path / "cb")
+    S.generate_cityscapes(ca, splits={"val": 1}, frames=1, height=32, width=64, seed=0)
+    S.generate_cityscapes(cb, splits={"val": 1}, frames=1, height=32, width=64, seed=0)
+    cfiles = _files(ca)
+    assert len(cfiles) == 9 and filecmp.cmpfiles(ca, cb, cfiles, shallow=False)[0] == cfiles
+
+
+@pytest.mark.parametrize("variation,camera", [("clone", 0), ("30-deg-right", 1)])
+def test_road_depth_is_the_analytic_ground_plane(variation, camera):
+    layout = S.build_scene("Scene01", 0)
+    fr = S.render_frame("Scene01", 4, height=H, width=W, variation=variation, camera=camera)
+    K = fr.intrinsics
+    rows = np.broadcast_to(np.arange(H)[:, None], (H, W))
+    road = fr.category == S._VK_NAME_TO_TRAIN["Road"]
+    assert road.sum() > 0.15 * H * W
+    # A ray through row v meets Y = 0 at z-depth h / ((v - cy) / fy * cos(pitch) + sin(pitch)), whatever the yaw.
+    p = layout.pitch
+    analytic = layout.camera_height / ((rows - K[1, 2]) / K[1, 1] * np.cos(p) + np.sin(p))
+    rel = np.abs(fr.depth[road] - analytic[road]) / analytic[road]
+    assert rel.max() < 1e-3
+    assert np.isinf(fr.depth[fr.category == S._VK_NAME_TO_TRAIN["Sky"]]).all()
+    assert 1.5 <= layout.camera_height <= 1.7 and 0 < p < np.deg2rad(2)
+    np.testing.assert_allclose(K, S.vkitti2_intrinsics(H, W))
+    assert K[0, 0] == pytest.approx(725.0087 * W / 1242) and K[1, 2] == pytest.approx(187.0 * H / 375)
+
+
+def test_vkitti2_files_match_the_in_memory_frame(vk):
+    out, summary = vk
+    assert len(summary["frames"]) == 2 * 3 * 2 * 3
+    header, rows = _read_table(os.path.join(out, "Scene02", "clone", "colors.txt"))
+    assert header == ["Category", "r", "g", "b"]
+    colors = {r[0]: tuple(int(x) for x in r[1:]) for r in rows}
+    assert colors == {**{c["name"]: tuple(c["color"]) for c in VKITTI2_CATEGORIES}, "Undefined": (0, 0, 0)}
+    color_to_train = {tuple(c["color"]): c["trainId"] for c in VKITTI2_CATEGORIES}
+
+    checked_tracks = 0
+    for entry in summary["frames"]:
+        fr = S.render_frame(entry["scene"], entry["frame"], height=H, width=W, variation=entry["variation"],
+                            camera=entry["camera"], seed=0)
+        dimg = Image.open(entry["depth"])
+        depth = np.array(dimg)
+        assert dimg.mode == "I;16" and depth.dtype == np.uint16 and depth.shape == (H, W)
+        near = fr.depth < 655.35
+        assert near.mean() > 0.3
+        assert np.abs(depth[near] / 100.0 - fr.depth[near]).max() <= 0.005 + 1e-6
+        assert (depth[~near] == 65535).all()
+
+        cimg = Image.open(entry["class"])
+        assert cimg.mode == "RGB"
+        cls = np.array(cimg).reshape(-1, 3)
+        uniq, inverse = np.unique(cls, axis=0, return_inverse=True)
+        assert {tuple(c) for c in uniq.tolist()} <= set(colors.values())
+        decoded = np.array([color_to_train[tuple(c)] for c in uniq.tolist()])[inverse.reshape(-1)]
+        np.testing.assert_array_equal(decoded.reshape(H, W), fr.category)
+
+        iimg = Image.open(entry["instance"])
+        assert iimg.mode == "P"
+        inst = np.array(iimg)
+        np.testing.assert_array_equal(inst.astype(int) - 1, fr.track_id)
+        rgb = np.array(Image.open(entry["rgb"]))
+        assert rgb.shape == (H, W, 3) and np.abs(rgb.astype(int) - fr.rgb).mean() < 6
+
+        # bbox.txt: one line per visible track, pixel counts and extents from the instance PNG.
+        root = os.path.join(out, entry["scene"], entry["variation"])
+        _, bbox = _read_table(os.path.join(root, "bbox.txt"))
+        mine = {int(r[2]): r for r in bbox if int(r[0]) == entry["frame"] and int(r[1]) == entry["camera"]}
+        assert set(mine) == set(np.unique(inst[inst > 0]).astype(int) - 1)
+        for tid, r in mine.items():
+            ys, xs = np.nonzero(inst == tid + 1)
+            assert [int(v) for v in r[3:8]] == [xs.min(), xs.max(), ys.min(), ys.max(), len(xs)]
+            assert 0 <= float(r[8]) <= 1 and 0 < float(r[9]) <= 1 and r[10] in ("True", "False")
+            checked_tracks += 1
+        _, info = _read_table(os.path.join(root, "info.txt"))
+        labels = {int(r[0]): r[1] for r in info}
+        for tid in mine:  # the class under a track's pixels is its info.txt label
+            assert {VKITTI2_CATEGORIES[c]["name"] for c in np.unique(fr.category[inst == tid + 1])} == {labels[tid]}
+
+        # Cameras: K per frame, world->camera extrinsic, object poses consistent with it.
+        _, intr = _read_table(os.path.join(root, "intrinsic.txt"))
+        k = [r for r in intr if int(r[0]) == entry["frame"] and int(r[1]) == entry["camera"]]
+        assert len(k) == 1
+        np.testing.assert_allclose([float(x) for x in k[0][2:]], fr.intrinsics[[0, 1, 0, 1], [0, 1, 2, 2]], atol=1e-6)
+        _, extr = _read_table(os.path.join(root, "extrinsic.txt"))
+        e = [r for r in extr if int(r[0]) == entry["frame"] and int(r[1]) == entry["camera"]]
+        E = np.array([float(x) for x in e[0][2:]]).reshape(4, 4)
+        np.testing.assert_allclose(E, fr.extrinsic, atol=1e-5)
+        _, pose = _read_table(os.path.join(root, "pose.txt"))
+        for r in pose:
+            if int(r[0]) == entry["frame"] and int(r[1]) == entry["camera"]:
+                world = np.array([float(x) for x in r[7:10]] + [1.0])
+                np.testing.assert_allclose(E @ world, [float(x) for x in r[13:16]] + [1.0], atol=2e-3)  # 6 decimals
+    assert checked_tracks > 20
+
+    # Camera_1 is the right camera of a 0.532725 m stereo rig.
+    _, extr = _read_table(os.path.join(out, "Scene02", "clone", "extrinsic.txt"))
+    t = {(int(r[0]), int(r[1])): np.array([float(x) for x in r[2:]]).reshape(4, 4) for r in extr}
+    np.testing.assert_allclose(t[(2, 0)][:3, 3] - t[(2, 1)][:3, 3], [0.532725, 0, 0], atol=1e-5)
+
+
+def test_vehicles_move_and_appearance_variations_share_geometry(vk):
+    out, _ = vk
+    root = os.path.join(out, "Scene02")
+    _, bbox = _read_table(os.path.join(root, "clone", "bbox.txt"))
+    boxes = {(int(r[0]), int(r[2])): tuple(int(v) for v in r[3:8]) for r in bbox if r[1] == "0"}
+    moving = {int(r[2]) for r in bbox if r[10] == "True"}
+    both = [t for t in moving if (0, t) in boxes and (2, t) in boxes]
+    assert both and any(boxes[(0, t)] != boxes[(2, t)] for t in both)
+    _, pose = _read_table(os.path.join(root, "clone", "pose.txt"))
+    z = {(int(r[0]), int(r[2])): float(r[9]) for r in pose if r[1] == "0"}
+    layout = S.build_scene("Scene02", 0)
+    speed = {v.track_id: v.speed for v in layout.vehicles}
+    for t in both:
+        assert z[(2, t)] - z[(0, t)] == pytest.approx(2 * speed[t], abs=1e-5)
+        assert speed[t] != 0
+
+    for f in range(3):
+        for cam in (0, 1):
+            rel = lambda kind, name: os.path.join("frames", kind, f"Camera_{cam}", f"{name}_{f:05d}")  # noqa: E731
+            for kind, name in [("depth", "depth"), ("classSegmentation", "classgt"), ("instanceSegmentation", "instancegt")]:
+                assert filecmp.cmp(os.path.join(root, "clone", rel(kind, name) + ".png"),
+                                   os.path.join(root, "fog", rel(kind, name) + ".png"), shallow=False)
+            assert not filecmp.cmp(os.path.join(root, "clone", rel("depth", "depth") + ".png"),
+                                   os.path.join(root, "15-deg-left", rel("depth", "depth") + ".png"), shallow=False)
+            a = np.array(Image.open(os.path.join(root, "clone", rel("rgb", "rgb") + ".jpg"))).astype(int)
+            b = np.array(Image.open(os.path.join(root, "fog", rel("rgb", "rgb") + ".jpg"))).astype(int)
+            assert np.abs(a - b).mean() > 10  # fog really changes appearance
+    for name in ("info.txt", "bbox.txt", "pose.txt", "extrinsic.txt"):
+        assert filecmp.cmp(os.path.join(root, "clone", name), os.path.join(root, "fog", name), shallow=False)
+
+
+def test_cityscapes_labels_panoptic_disparity_and_camera(cs):
+    from cityscapesscripts.helpers.labels import id2label
+
+    out, summary = cs
+    assert {(f["split"], f["city"]) for f in summary["frames"]} == {("train", "aachen"), ("val", "frankfurt")}
+    seen_instances = 0
+    tested_depth = 0
+    for entry in summary["frames"]:
+        assert os.path.basename(entry["image"]) == entry["prefix"] + "_leftImg8bit.png"
+        assert Image.open(entry["image"]).mode == "RGB"
+        ids_img = Image.open(entry["label_ids"])
+        ids = np.array(ids_img)
+        inst = np.array(Image.open(entry["instance_ids"])).astype(np.int64)
+        train = np.array(Image.open(entry["train_ids"]))
+        assert ids_img.mode == "L" and Image.open(entry["train_ids"]).mode == "L"
+        assert Image.open(entry["instance_ids"]).mode in ("I;16", "I")
+        sem = np.where(inst < 1000, inst, inst // 1000)
+        np.testing.assert_array_equal(sem, ids)
+        for i in np.unique(ids):
+            lab = id2label[int(i)]
+            np.testing.assert_array_equal(train[ids == i], lab.trainId if 0 <= lab.trainId < 255 else 255)
+            assert lab.hasInstances == bool((inst[ids == i] >= 1000).all())
+        seen_instances += len(np.unique(inst[inst >= 1000]))
+
+        # Disparity: (p - 1) / 256 for p > 0; depth = baseline * fx / disparity.
+        with open(entry["camera"]) as fh:
+            cam = json.load(fh)
+        assert set(cam) == {"extrinsic", "intrinsic"}
+        assert set(cam["extrinsic"]) == {"baseline", "pitch", "roll", "x", "y", "yaw", "z"}
+        assert set(cam["intrinsic"]) == {"fx", "fy", "u0", "v0"}
+        assert cam["extrinsic"]["baseline"] == pytest.approx(0.209313)
+        assert cam["intrinsic"]["fx"] == pytest.approx(2262.52 * 128 / 2048)
+        p = np.array(Image.open(entry["disparity"]))
+        assert p.dtype == np.uint16
+        layout = S.build_scene(entry["layout"], 0, profile="cityscapes")
+        fr = S.render_frame(layout, entry["frame"], height=64, width=128)
+        np.testing.assert_array_equal(fr.cityscapes_id, ids)
+        assert (p[ids == 23] == 0).all() and (p[ids == 1] == 0).all()  # sky, ego-vehicle bonnet
+        assert (ids == 1).any()
+        disp = (p.astype(float) - 1.0) / 256.0
+        ok = (p > 0) & (disp > 0.25)  # where 1/512 px quantisation is below 1 %
+        depth = cam["extrinsic"]["baseline"] * cam["intrinsic"]["fx"] / disp[ok]
+        assert (np.abs(depth - fr.depth[ok]) / fr.depth[ok]).max() < 0.01
+        tested_depth += ok.sum()
+    assert seen_instances > 3 and tested_depth > 0.3 * 64 * 128 * len(summary["frames"])
+
+    # cityscapesscripts' panoptic conversion: segment areas equal the PNG pixel counts.
+    for split in ("train", "val"):
+        with open(summary["panoptic_json"][split]) as fh:
+            pan = json.load(fh)
+        assert len(pan["annotations"]) == 2
+        for ann in pan["annotations"]:
+            png = np.array(Image.open(os.path.join(out, "gtFine", f"cityscapes_panoptic_{split}", ann["file_name"])))
+            pid = png[..., 0].astype(np.int64) + 256 * png[..., 1] + 256 ** 2 * png[..., 2]
+            segs = {s["id"]: s for s in ann["segments_info"]}
+            assert set(np.unique(pid)) - {0} == set(segs)
+            for sid, seg in segs.items():
+                assert seg["area"] == int((pid == sid).sum())
+                assert seg["category_id"] == (sid // 1000 if sid >= 1000 else sid)
+
+
+def test_cli_writes_and_summarises(tmp_path, capsys):
+    out = tmp_path / "vk"
+    proc = subprocess.run(
+        [sys.executable, os.path.join("tools", "make_synthetic_dataset.py"), "--format", "vkitti2", "--out", str(out),
+         "--scenes", "Scene06", "--frames", "2", "--height", "32", "--width", "96"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 2 frames (vkitti2)" in proc.stdout and "32x96" in proc.stdout
+    assert "Scene06: clone 2 frames" in proc.stdout and "Road" in proc.stdout
+    assert (out / "Scene06" / "clone" / "frames" / "depth" / "Camera_0" / "depth_00001.png").is_file()
+    # Another process wrote the same bytes as this one does (no dependence on hash salts or caches).
+    here = tmp_path / "here"
+    S.generate_vkitti2(str(here), scenes=["Scene06"], frames=2, height=32, width=96, seed=0)
+    files = _files(str(out))
+    assert files == _files(str(here)) and filecmp.cmpfiles(out, here, files, shallow=False)[0] == files
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    try:
+        import make_synthetic_dataset as cli
+    finally:
+        sys.path.pop(0)
+    assert cli.main(["--format", "cityscapes", "--out", str(tmp_path / "cs"), "--splits", "val:1", "--frames", "1",
+                     "--height", "32", "--width", "64"]) == 0
+    text = capsys.readouterr().out
+    assert "wrote 1 frames (cityscapes)" in text and "val: frankfurt 1 frames" in text and "sky" in text
+    assert (tmp_path / "cs" / "gtFine" / "cityscapes_panoptic_val.json").is_file()
