@@ -17,3 +17,25 @@ def real_samples():
     if not os.path.isdir(REAL_SAMPLES):
         pytest.skip("../shared/real_samples is not present in this checkout")
     return REAL_SAMPLES
+
+
+@pytest.fixture(scope="session")
+def synthetic_vkitti2(tmp_path_factory):
+    """A tiny synthetic dataset in the merged Virtual KITTI 2 layout (and its summary)."""
+    from segdep_d2.data.synthetic import generate_vkitti2
+
+    root = str(tmp_path_factory.mktemp("vkitti2"))
+    summary = generate_vkitti2(
+        root, scenes=("Scene01", "Scene20"), variations=("clone", "fog"), frames=2, height=64, width=208, seed=0
+    )
+    return root, summary
+
+
+@pytest.fixture(scope="session")
+def synthetic_cityscapes(tmp_path_factory):
+    """A tiny synthetic dataset in the Cityscapes layout, panoptic JSON/PNG included."""
+    from segdep_d2.data.synthetic import generate_cityscapes
+
+    root = os.path.join(str(tmp_path_factory.mktemp("datasets")), "cityscapes")
+    summary = generate_cityscapes(root, splits={"train": 1, "val": 1}, frames=2, height=64, width=128, seed=0)
+    return root, summary

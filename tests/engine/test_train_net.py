@@ -1,0 +1,113 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.utils.events import EventStorage
+
+import segdep_d2  # noqa: F401
+from segdep_d2 import add_segdep_config
+from segdep_d2.data.datasets.vkitti2 import register_vkitti2
+from segdep_d2.engine import SegDepTrainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(REPO, "projects/PanopticDepthLab/configs/Synthetic-PanopticDepth/panoptic_depthlab_R_18_os32_cpu.yaml")
+SMALL = [
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "2",
+    "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "0", "MODEL.PANOPTIC_DEEPLAB.STUFF_AREA", "16",
+]
+
+
+@pytest.fixture(scope="module")
+def datasets(synthetic_vkitti2):
+    root, _ = synthetic_vkitti2
+    register_vkitti2("test_engine_train", root, scenes=("Scene01",), variations=("clone", "fog"))
+    register_vkitti2("test_engine_val", root, scenes=("Scene20",), variations=("clone",))
+    return root
+
+
+def _cfg(output_dir, *opts):
+    cfg = get_cfg()
+    add_segdep_config(cfg)
+    cfg.merge_from_file(CONFIG)
+    cfg.merge_from_list(
+        SMALL + ["DATASETS.TRAIN", "('test_engine_train',)", "DATASETS.TEST", "('test_engine_val',)",
+                 "OUTPUT_DIR", str(output_dir), *opts]
+    )
+    return cfg
+
+
+def _run_tool(args, env_root, timeout=600):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(env_root), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_training_losses_are_finite_and_go_down(datasets, tmp_path):
+    torch.manual_seed(0)
+    cfg = _cfg(tmp_path, "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "1000")
+    trainer = SegDepTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    history = trainer.storage.history("total_loss").values()
+    losses = np.array([v for v, _ in history])
+    assert len(losses) == 30 and np.isfinite(losses).all()
+    assert losses[-5:].mean() < 0.8 * losses[:5].mean()
+    for key in ("loss_sem_seg", "loss_depth", "loss_center", "loss_offset"):
+        assert np.isfinite([v for v, _ in trainer.storage.history(key).values()]).all()
+    assert os.path.isfile(tmp_path / "model_final.pth")
+
+
+def test_eval_only_on_checkpoint_reports_every_metric(datasets, tmp_path):
+    torch.manual_seed(0)
+    cfg = _cfg(tmp_path)
+    model = SegDepTrainer.build_model(cfg)
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("ckpt")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "ckpt.pth")
+    model = SegDepTrainer.build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    results = SegDepTrainer.test(cfg, model)
+    assert {"sem_seg", "depth", "panoptic_depth"} <= set(results)
+    assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0
+    assert results["depth"]["num_images"] == 2 and np.isfinite(results["depth"]["AbsRel"])
+    for key in ("PQ", "SQ", "RQ", "DPQ@0.1", "DPQ@0.25", "DPQ@0.5", "DPQ"):
+        assert np.isfinite(results["panoptic_depth"][key])
+
+
+def test_train_net_cli_two_processes_then_resume(synthetic_vkitti2, tmp_path):
+    root, _ = synthetic_vkitti2
+    datasets_root = tmp_path / "datasets"
+    datasets_root.mkdir()
+    os.symlink(root, datasets_root / "vkitti2")  # the builtin vkitti2_train / vkitti2_val names
+    out = tmp_path / "out"
+    common = ["tools/train_net.py", "--config-file", CONFIG, "--dist-url", f"tcp://127.0.0.1:{_free_port()}"]
+    opts = SMALL + ["SOLVER.CHECKPOINT_PERIOD", "2", "OUTPUT_DIR", str(out)]
+    first = _run_tool([*common, "--num-gpus", "2", *opts, "SOLVER.MAX_ITER", "6"], datasets_root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "World size: 2" in first.stdout + first.stderr  # DDP over gloo, two CPU processes
+    assert (out / "model_final.pth").is_file() and (out / "model_0000003.pth").is_file()
+    records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert max(r["iteration"] for r in records if "total_loss" in r) == 5
+
+    # a run that died after its iteration-4 checkpoint: --resume continues from there (one process)
+    (out / "model_final.pth").unlink()
+    (out / "last_checkpoint").write_text("model_0000003.pth")
+    common[-1] = f"tcp://127.0.0.1:{_free_port()}"
+    second = _run_tool([*common, "--resume", *opts, "SOLVER.MAX_ITER", "6"], datasets_root)
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    assert "Starting training from iteration 4" in log
+    assert "copypaste: Task: panoptic_depth" in log and "copypaste: Task: depth" in log
