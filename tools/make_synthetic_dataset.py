@@ -31,6 +31,8 @@ def parse_args(argv=None):
     p.add_argument("--splits", default="train:2,val:1", help="cityscapes: sequences per split, e.g. train:2,val:1")
     p.add_argument("--frames", type=int, default=None,
                    help="frames per scene/variation (vkitti2, default 10) or per sequence (cityscapes, default 3)")
+    p.add_argument("--frame-step", type=int, default=1,
+                   help="vkitti2: write every k-th frame of the drive (more distinct views per file)")
     p.add_argument("--height", type=int, default=None, help="default: 188 (vkitti2) / 256 (cityscapes)")
     p.add_argument("--width", type=int, default=None, help="default: 621 (vkitti2) / 512 (cityscapes)")
     p.add_argument("--seed", type=int, default=0)
@@ -63,7 +65,7 @@ def main(argv=None):
         variations = synthetic.VKITTI2_VARIATIONS if args.variations == "all" else _split_list(args.variations)
         summary = synthetic.generate_vkitti2(
             args.out, scenes=_split_list(args.scenes), variations=variations, cameras=_split_list(args.cameras),
-            frames=args.frames or 10, height=height, width=width, seed=args.seed)
+            frames=args.frames or 10, height=height, width=width, seed=args.seed, frame_step=args.frame_step)
     else:
         summary = synthetic.generate_cityscapes(
             args.out, splits=args.splits, frames=args.frames or 3, height=height, width=width, seed=args.seed)

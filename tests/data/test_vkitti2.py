@@ -132,3 +132,14 @@ def test_missing_depth_file_is_reported_by_name(synthetic_vkitti2, tmp_path):
     # a frame whose depth vanished before loading is listed without depth (asymmetric), not dropped
     reloaded = load_vkitti2(str(copy), ("Scene01",), ("clone",))
     assert "depth_file_name" not in reloaded[0] and "depth_file_name" in reloaded[1]
+
+
+def test_frame_step_spreads_frames_along_the_drive(tmp_path):
+    from segdep_d2.data.synthetic import generate_vkitti2
+
+    generate_vkitti2(str(tmp_path), scenes=("Scene02",), frames=2, frame_step=7, height=32, width=104)
+    records = load_vkitti2(str(tmp_path), ("Scene02",), ("clone",))
+    assert [r["frame_index"] for r in records] == [0, 7]
+    assert all("intrinsics" in r and "depth_file_name" in r for r in records)
+    with pytest.raises(ValueError, match="exceeds"):
+        generate_vkitti2(str(tmp_path), scenes=("Scene02",), frames=200, frame_step=10)

@@ -111,3 +111,10 @@ def test_train_net_cli_two_processes_then_resume(synthetic_vkitti2, tmp_path):
     log = second.stdout + second.stderr
     assert "Starting training from iteration 4" in log
     assert "copypaste: Task: panoptic_depth" in log and "copypaste: Task: depth" in log
+
+    # --eval-only on the final checkpoint
+    third = _run_tool([*common, "--eval-only", *opts, "MODEL.WEIGHTS", str(out / "model_final.pth")], datasets_root)
+    assert third.returncode == 0, third.stderr[-3000:]
+    log = third.stdout + third.stderr
+    assert "model_final.pth" in log and "Starting training" not in log
+    assert all(f"copypaste: Task: {task}" in log for task in ("sem_seg", "depth", "panoptic_depth"))

@@ -10,27 +10,15 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES
 from detectron2.data.datasets.cityscapes_panoptic import load_cityscapes_panoptic
 
+from .metadata import depth_panoptic_metadata
+
 CITYSCAPES_DEPTH_RANGE = (1e-3, 80.0)
 _SPLITS = ("train", "val")
 
 
 def cityscapes_depth_metadata():
-    names = [c["name"] for c in CITYSCAPES_CATEGORIES]
-    colors = [c["color"] for c in CITYSCAPES_CATEGORIES]
-    return dict(
-        thing_classes=names,
-        thing_colors=colors,
-        stuff_classes=names,
-        stuff_colors=colors,
-        thing_dataset_id_to_contiguous_id={c["id"]: c["trainId"] for c in CITYSCAPES_CATEGORIES if c["isthing"]},
-        # all classes (detectron2 lists stuff only): the panoptic loader checks things first, and
-        # SemSegEvaluator needs a dataset id for every predicted class.
-        stuff_dataset_id_to_contiguous_id={c["id"]: c["trainId"] for c in CITYSCAPES_CATEGORIES},
-        ignore_label=255,
-        label_divisor=1000,
-        depth_range=CITYSCAPES_DEPTH_RANGE,
-        evaluator_type="panoptic_depth",
-    )
+    # detectron2's category table: dataset ids are labelIds, contiguous ids are trainIds
+    return depth_panoptic_metadata(CITYSCAPES_CATEGORIES, depth_range=CITYSCAPES_DEPTH_RANGE)
 
 
 def _sibling(image_file, folder, suffix):

@@ -9,34 +9,12 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..depth_io import DEPTH_FORMATS
+from .metadata import depth_panoptic_metadata
 
 _PATH_KEYS = (
     "file_name", "depth_file_name", "camera_file_name", "sem_seg_file_name", "pan_seg_file_name",
 )
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-
-
-def _metadata_from_categories(categories, depth_range, label_divisor, ignore_label):
-    for c in categories:
-        missing = {"id", "name", "isthing"} - set(c)
-        if missing:
-            raise ValueError(f"category {c} lacks {sorted(missing)}")
-    ordered = sorted(categories, key=lambda c: c["id"])
-    contiguous = {c["id"]: i for i, c in enumerate(ordered)}
-    names = [c["name"] for c in ordered]
-    colors = [list(c.get("color", (0, 0, 0))) for c in ordered]
-    return dict(
-        thing_classes=names,
-        thing_colors=colors,
-        stuff_classes=names,
-        stuff_colors=colors,
-        thing_dataset_id_to_contiguous_id={c["id"]: contiguous[c["id"]] for c in ordered if c["isthing"]},
-        stuff_dataset_id_to_contiguous_id=contiguous,
-        ignore_label=ignore_label,
-        label_divisor=label_divisor,
-        depth_range=tuple(depth_range),
-        evaluator_type="panoptic_depth",
-    )
 
 
 def load_depth_manifest(manifest, dataset_id_to_contiguous_id=None):
@@ -128,7 +106,9 @@ def register_depth_panoptic_dataset(
     """
     if (manifest is None) == (image_root is None):
         raise ValueError("give either manifest= or image_root= (with depth_root=)")
-    meta = _metadata_from_categories(categories, depth_range, label_divisor, ignore_label)
+    meta = depth_panoptic_metadata(
+        categories, depth_range=depth_range, label_divisor=label_divisor, ignore_label=ignore_label
+    )
     if manifest is not None:
         loader = lambda: load_depth_manifest(manifest, meta["stuff_dataset_id_to_contiguous_id"])  # noqa: E731
     else:

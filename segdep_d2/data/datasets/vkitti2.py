@@ -12,6 +12,7 @@ import re
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
+from .metadata import depth_panoptic_metadata
 from .vkitti2_categories import VKITTI2_CATEGORIES, VKITTI2_IGNORE_LABEL, VKITTI2_LABEL_DIVISOR
 
 logger = logging.getLogger(__name__)
@@ -161,21 +162,9 @@ def load_vkitti2(root, scenes=VKITTI2_SCENES, variations=VKITTI2_VARIATIONS, cam
 
 
 def vkitti2_metadata():
-    """Metadata in detectron2's panoptic convention (as its Cityscapes panoptic registration)."""
-    names = [c["name"] for c in VKITTI2_CATEGORIES]
-    colors = [c["color"] for c in VKITTI2_CATEGORIES]
-    return dict(
-        thing_classes=names,
-        thing_colors=colors,
-        stuff_classes=names,
-        stuff_colors=colors,
-        thing_dataset_id_to_contiguous_id={c["id"]: c["trainId"] for c in VKITTI2_CATEGORIES if c["isthing"]},
-        # every class, so that SemSegEvaluator can map any predicted label back to a dataset id
-        stuff_dataset_id_to_contiguous_id={c["id"]: c["trainId"] for c in VKITTI2_CATEGORIES},
-        ignore_label=VKITTI2_IGNORE_LABEL,
-        label_divisor=VKITTI2_LABEL_DIVISOR,
-        depth_range=VKITTI2_DEPTH_RANGE,
-        evaluator_type="panoptic_depth",
+    return depth_panoptic_metadata(
+        VKITTI2_CATEGORIES, depth_range=VKITTI2_DEPTH_RANGE,
+        label_divisor=VKITTI2_LABEL_DIVISOR, ignore_label=VKITTI2_IGNORE_LABEL,
     )
 
 
