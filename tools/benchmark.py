@@ -68,7 +68,9 @@ def setup_cfg(args):
     cfg = get_cfg()
     add_segdep_config(cfg)
     cfg.merge_from_file(args.config)
-    cfg.merge_from_list(["MODEL.DEVICE", args.device, "MODEL.PANOPTIC_DEEPLAB.PREDICT_INSTANCES", "False"])
+    # Latency does not depend on the weights, and the configs' ImageNet/model-zoo URLs cannot be
+    # fetched offline: start from random weights unless MODEL.WEIGHTS is given on the command line.
+    cfg.merge_from_list(["MODEL.DEVICE", args.device, "MODEL.PANOPTIC_DEEPLAB.PREDICT_INSTANCES", "False", "MODEL.WEIGHTS", ""])
     cfg.merge_from_list(args.opts)
     return cfg
 
