@@ -14,6 +14,7 @@ Re-running resumes training from the last checkpoint in ``output/demo/train`` (n
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -102,7 +103,11 @@ def time_budget_hook(budget_s):
 
 
 def seconds_per_iteration(cfg):
-    """Measured time of one training step of this config on this machine (after a warm-up)."""
+    """Measured time of one training step of this config on this machine.
+
+    The median of 6 steps after 4 warm-up steps: the first steps overlap the loader worker filling
+    its prefetch queue, which competes for the same cores and overstates the steady step time.
+    """
     from detectron2.data import build_detection_train_loader
 
     from segdep_d2.data import DepthPanopticDatasetMapper
@@ -112,7 +117,7 @@ def seconds_per_iteration(cfg):
     optimizer = SegDepTrainer.build_optimizer(cfg, model)
     loader = iter(build_detection_train_loader(cfg, mapper=DepthPanopticDatasetMapper(cfg, is_train=True)))
     times = []
-    for _ in range(4):
+    for _ in range(10):
         batch = next(loader)
         start = time.perf_counter()
         loss = sum(model(batch).values())
@@ -121,7 +126,7 @@ def seconds_per_iteration(cfg):
         optimizer.step()
         times.append(time.perf_counter() - start)
     del loader
-    return sorted(times[1:])[1]
+    return statistics.median(times[4:])
 
 
 def evaluate(cfg, model):
