@@ -9,7 +9,7 @@
 
 Re-running resumes training from the last checkpoint in ``output/demo/train`` (nothing is lost).
 
-    python tools/demo.py [--output output/demo] [--max-iter 600] [--train-minutes 13] [KEY VALUE ...]
+    python tools/demo.py [--output output/demo] [--max-iter 900] [--train-minutes 13] [KEY VALUE ...]
 """
 import argparse
 import json
@@ -40,7 +40,7 @@ def parse_args():
     p.add_argument("--frame-step", type=int, default=12, help="every k-th frame of each drive")
     p.add_argument("--height", type=int, default=188)
     p.add_argument("--width", type=int, default=621)
-    p.add_argument("--max-iter", type=int, default=600, help="training iterations, if the time budget allows")
+    p.add_argument("--max-iter", type=int, default=900, help="training iterations, if the time budget allows")
     p.add_argument("--train-minutes", type=float, default=13.0,
                    help="time budget for training: the schedule is shortened to fit it (measured speed)")
     p.add_argument("--num-vis", type=int, default=4, help="validation frames to draw")
