@@ -90,14 +90,25 @@ class PanopticDepthLab(PanopticDeepLab):
         losses.update(depth_losses)
         return losses
 
-    @torch.no_grad()
-    def inference(self, batched_inputs, features, image_sizes):
+    def network_outputs(self, features):
+        """The three decoders at inference: semantic logits, center heatmap, offsets, depth
+        (metres), each at the padded input size. This is what ``tools/export_model.py`` traces."""
         sem_seg_results, _ = self.sem_seg_head(features)
         center_results, offset_results, _, _ = self.ins_embed_head(features)
         depth_results, _ = self.depth_head(features)
+        return sem_seg_results, center_results, offset_results, depth_results
+
+    @torch.no_grad()
+    def inference(self, batched_inputs, features, image_sizes):
+        outputs = self.network_outputs(features)
         if self.benchmark_network_speed:
             return []
+        return self.postprocess(*outputs, batched_inputs, image_sizes)
 
+    def postprocess(self, sem_seg_results, center_results, offset_results, depth_results, batched_inputs,
+                    image_sizes):
+        """Network outputs -> per-image ``sem_seg``, ``depth`` and ``panoptic_seg`` with per-segment
+        depth, at each input's original size (also used on the outputs of an exported network)."""
         processed_results = []
         for sem, center, offset, depth, input_per_image, image_size in zip(
             sem_seg_results, center_results, offset_results, depth_results, batched_inputs, image_sizes
