@@ -161,17 +161,9 @@ def test_depth_evaluator_without_valid_depth_has_no_nan(depth_dataset):
 def test_depth_evaluator_size_mismatch_raises(depth_dataset):
     name, dicts, outputs = depth_dataset
     evaluator = DepthEvaluator(name, distributed=False)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="does not have the ground-truth size") as err:
         evaluator.process([dicts[0]], [{"depth": torch.ones(4, 6)}])
-
-
-def test_depth_evaluator_non_main_rank_returns_empty(depth_dataset, monkeypatch):
-    name, dicts, outputs = depth_dataset
-    evaluator = DepthEvaluator(name, distributed=True)
-    evaluator.process([dicts[0]], [outputs["A"]])
-    monkeypatch.setattr(depth_evaluator_module.comm, "gather", lambda data, dst=0: [])
-    monkeypatch.setattr(depth_evaluator_module.comm, "is_main_process", lambda: False)
-    assert evaluator.evaluate() == {}
+    assert str(dicts[0]["file_name"]) in str(err.value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,12 +334,21 @@ def test_panoptic_depth_evaluator_without_valid_depth_has_no_nan(tmp_path, regis
     assert evaluator.evaluate() == {"panoptic_depth": {"num_images": 0}}
 
 
-def test_panoptic_depth_evaluator_non_main_rank_returns_empty(panoptic_dataset, monkeypatch):
-    name, dicts, outputs = panoptic_dataset
-    evaluator = PanopticDepthEvaluator(name, distributed=True)
-    evaluator.process([dicts[0]], [outputs["1"]])
-    monkeypatch.setattr(panoptic_evaluator_module.comm, "gather", lambda data, dst=0: [])
-    monkeypatch.setattr(panoptic_evaluator_module.comm, "is_main_process", lambda: False)
+@pytest.mark.parametrize(
+    "evaluator_cls, module, dataset_fixture, output_key",
+    [
+        (DepthEvaluator, depth_evaluator_module, "depth_dataset", "A"),
+        (PanopticDepthEvaluator, panoptic_evaluator_module, "panoptic_dataset", "1"),
+    ],
+    ids=["depth", "panoptic_depth"],
+)
+def test_evaluator_non_main_rank_returns_empty(evaluator_cls, module, dataset_fixture, output_key, request,
+                                               monkeypatch):
+    name, dicts, outputs = request.getfixturevalue(dataset_fixture)
+    evaluator = evaluator_cls(name, distributed=True)
+    evaluator.process([dicts[0]], [outputs[output_key]])
+    monkeypatch.setattr(module.comm, "gather", lambda data, dst=0: [])
+    monkeypatch.setattr(module.comm, "is_main_process", lambda: False)
     assert evaluator.evaluate() == {}
 
 

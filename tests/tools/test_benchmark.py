@@ -1,19 +1,10 @@
 """tools/benchmark.py on a tiny input: every variant timed, ratios consistent with the medians."""
-import importlib.util
 import json
 import os
 
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def benchmark_tool():
-    spec = importlib.util.spec_from_file_location("segdep_benchmark", os.path.join(REPO_ROOT, "tools", "benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_benchmark_writes_latencies_memory_and_ratios(benchmark_tool, tmp_path):

@@ -1,19 +1,10 @@
 """The demo's training time budget (tools/demo.py): stop with a checkpoint before overrunning."""
-import importlib.util
 import os
 import types
 
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def demo():
-    spec = importlib.util.spec_from_file_location("segdep_demo", os.path.join(REPO_ROOT, "tools", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class RecordingCheckpointer:

@@ -1,5 +1,4 @@
 """tools/export_model.py: the exported network computes what the eager model computes."""
-import importlib.util
 import json
 import os
 
@@ -7,7 +6,6 @@ import pytest
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOOL = os.path.join(REPO_ROOT, "tools", "export_model.py")
 CONFIG = os.path.join(
     REPO_ROOT, "projects/PanopticDepthLab/configs/Synthetic-PanopticDepth/panoptic_depthlab_R_18_os32_cpu.yaml"
 )
@@ -15,11 +13,8 @@ H, W = 96, 320
 
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("export_model", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(export_tool):
+    return export_tool
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 """tools/visualize_depth_panoptic.py on a tiny random-weights CPU model."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -17,16 +16,9 @@ H, W = 96, 320
 OVERRIDES = ["INPUT.MIN_SIZE_TEST", str(H), "MODEL.DEVICE", "cpu"]
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("visualize_depth_panoptic", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def tool():
-    return _load_tool()
+def tool(visualize_tool):
+    return visualize_tool
 
 
 @pytest.fixture(scope="module")
