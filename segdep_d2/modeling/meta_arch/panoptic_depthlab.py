@@ -92,7 +92,7 @@ class PanopticDepthLab(PanopticDeepLab):
 
     def network_outputs(self, features):
         """The three decoders at inference: semantic logits, center heatmap, offsets, depth
-        (metres), each at the padded input size. This is what ``tools/export_model.py`` traces."""
+        (metres), each at the padded input size. This is what ``tools/export_model.py`` exports."""
         sem_seg_results, _ = self.sem_seg_head(features)
         center_results, offset_results, _, _ = self.ins_embed_head(features)
         depth_results, _ = self.depth_head(features)
