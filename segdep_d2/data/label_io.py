@@ -107,7 +107,19 @@ def read_sem_seg(dataset_dict) -> np.ndarray:
     with _open(path, "Semantic label") as im:
         if im.mode not in ("L", "P", "I", "I;16"):
             raise LabelFormatError(f"{path}: expected a single-channel label PNG, got mode {im.mode}")
-        return np.asarray(im).astype(np.uint8, copy=False)
+        labels, mode = np.asarray(im), im.mode
+    if labels.dtype != np.uint8:
+        # 16-/32-bit PNGs ("I;16", "I") are fine while every value fits; a plain cast would wrap
+        # 256 to 0 etc. silently.
+        low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+        if low < 0 or high > 255:
+            raise LabelFormatError(
+                f"{path}: label values range from {low} to maximum {high} (mode {mode}, "
+                f"{labels.dtype}); semantic labels must be contiguous class ids < 256 with "
+                f"ignore 255"
+            )
+        labels = labels.astype(np.uint8)
+    return labels
 
 
 def read_panoptic(dataset_dict):

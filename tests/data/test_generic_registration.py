@@ -72,3 +72,49 @@ def test_bad_manifest_and_empty_folder(tmp_path):
     )
     with pytest.raises(FileNotFoundError, match=r"No images .* in .*empty"):
         DatasetCatalog.get("test_generic_empty")
+
+
+def test_register_from_folders_with_defaults_reads_depth(tmp_path):
+    _write_sample(tmp_path, "a", 2.5)  # depth/a.npy, float metres
+    register_depth_panoptic_dataset(
+        "test_generic_defaults", categories=CATEGORIES, image_root=str(tmp_path / "images"),
+        depth_root=str(tmp_path / "depth"),
+    )
+    (record,) = DatasetCatalog.get("test_generic_defaults")
+    assert record["depth_file_name"] == str(tmp_path / "depth" / "a.npy")
+    assert record["depth_format"] == "npy_m"
+    np.testing.assert_array_equal(read_depth(record), np.full((4, 6), 2.5, np.float32))
+
+
+def test_folder_format_and_extension_infer_each_other(tmp_path):
+    _write_sample(tmp_path, "a", 1.5)
+    register_depth_panoptic_dataset(
+        "test_generic_ext_only", categories=CATEGORIES, image_root=str(tmp_path / "images"),
+        depth_root=str(tmp_path / "depth"), depth_ext=".npy",
+    )
+    (record,) = DatasetCatalog.get("test_generic_ext_only")
+    assert record["depth_format"] == "npy_m" and read_depth(record).max() == 1.5
+
+    png = tmp_path / "png_depth"
+    png.mkdir()
+    Image.fromarray(np.full((4, 6), 640, np.uint16)).save(png / "a.png")  # 640 / 256 = 2.5 m
+    register_depth_panoptic_dataset(
+        "test_generic_format_only", categories=CATEGORIES, image_root=str(tmp_path / "images"),
+        depth_root=str(png), depth_format="kitti_png256",
+    )
+    (record,) = DatasetCatalog.get("test_generic_format_only")
+    assert record["depth_file_name"] == str(png / "a.png")
+    np.testing.assert_array_equal(read_depth(record), np.full((4, 6), 2.5, np.float32))
+
+
+def test_mismatched_depth_format_and_extension_fail_clearly(tmp_path):
+    kwargs = dict(categories=CATEGORIES, image_root=str(tmp_path), depth_root=str(tmp_path))
+    with pytest.raises(ValueError, match=r"depth_format 'npy_m' .*\.npy.* depth_ext '\.png'"):
+        register_depth_panoptic_dataset("test_generic_mismatch", depth_format="npy_m", depth_ext=".png", **kwargs)
+    with pytest.raises(ValueError, match=r"depth_format 'nyu_mm' .*\.png.* depth_ext '\.npy'"):
+        register_depth_panoptic_dataset("test_generic_mismatch2", depth_format="nyu_mm", depth_ext=".npy", **kwargs)
+    with pytest.raises(ValueError, match=r"depth_ext '\.png' .*ambiguous.*pass depth_format="):
+        register_depth_panoptic_dataset("test_generic_ambiguous", depth_ext=".png", **kwargs)
+    with pytest.raises(ValueError, match=r"depth_format 'metres'; expected one of"):
+        register_depth_panoptic_dataset("test_generic_unknown", depth_format="metres", **kwargs)
+    assert "test_generic_mismatch" not in DatasetCatalog.list()

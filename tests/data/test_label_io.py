@@ -92,3 +92,27 @@ def test_panoptic_png_real_sample(real_samples):
     for seg in segments:  # every area in the JSON equals the pixel count of its id in the PNG
         assert (ids == seg["id"]).sum() == seg["area"]
     assert set(np.unique(ids).tolist()) == {0} | {s["id"] for s in segments}
+
+
+def _write_16bit_png(path, values):
+    Image.fromarray(np.asarray(values, dtype=np.uint16)).save(path)  # PIL writes a 16-bit grey PNG
+    with Image.open(path) as im:
+        assert im.mode in ("I;16", "I")  # really 16-bit on disk
+    return str(path)
+
+
+def test_16bit_label_png_with_8bit_values_reads_like_uint8(tmp_path):
+    values = [[0, 1, 2, 255], [18, 255, 7, 0]]
+    path16 = _write_16bit_png(tmp_path / "sem16.png", values)
+    Image.fromarray(np.asarray(values, np.uint8)).save(tmp_path / "sem8.png")
+    sem16 = read_sem_seg({"sem_seg_file_name": path16})
+    sem8 = read_sem_seg({"sem_seg_file_name": str(tmp_path / "sem8.png")})
+    assert sem16.dtype == np.uint8 and sem8.dtype == np.uint8
+    np.testing.assert_array_equal(sem16, values)
+    np.testing.assert_array_equal(sem16, sem8)
+
+
+def test_16bit_label_png_above_255_is_rejected_not_wrapped(tmp_path):
+    path = _write_16bit_png(tmp_path / "sem_wide.png", [[0, 3, 255], [256, 1000, 4]])
+    with pytest.raises(LabelFormatError, match=r"sem_wide\.png: .*maximum 1000\b.*< 256.*255"):
+        read_sem_seg({"sem_seg_file_name": path})

@@ -15,6 +15,8 @@ _PATH_KEYS = (
     "file_name", "depth_file_name", "camera_file_name", "sem_seg_file_name", "pan_seg_file_name",
 )
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# the file extension each depth_format is stored with (see depth_io.py)
+_FORMAT_EXTENSION = {fmt: ".npy" if fmt == "npy_m" else ".png" for fmt in DEPTH_FORMATS}
 
 
 def load_depth_manifest(manifest, dataset_id_to_contiguous_id=None):
@@ -49,14 +51,49 @@ def load_depth_manifest(manifest, dataset_id_to_contiguous_id=None):
     return records
 
 
-def load_depth_folders(image_root, depth_root, depth_format, depth_ext=".png", sem_seg_root=None):
+def resolve_depth_format(depth_format=None, depth_ext=None):
+    """``(depth_format, depth_ext)`` for the folder form, each inferred from the other.
+
+    ``npy_m`` is stored as ``.npy``, every other format as a uint16 ``.png``. Neither given:
+    ``("npy_m", ".npy")``; only the format: its extension; only ``.npy``: ``npy_m``. Only
+    ``.png`` is ambiguous (four PNG encodings) and a pair that disagrees would hand a file to the
+    wrong decoder: both raise ``ValueError``.
+    """
+    if depth_format is not None and depth_format not in DEPTH_FORMATS:
+        raise ValueError(f"depth_format {depth_format!r}; expected one of {', '.join(DEPTH_FORMATS)}")
+    if depth_format is None and depth_ext is None:
+        return "npy_m", ".npy"
+    if depth_ext is None:
+        return depth_format, _FORMAT_EXTENSION[depth_format]
+    ext = depth_ext.lower()
+    if ext not in _FORMAT_EXTENSION.values():
+        raise ValueError(
+            f"depth_ext {depth_ext!r}; depth files are '.npy' (npy_m) or '.png' (uint16 formats)"
+        )
+    if depth_format is None:
+        if ext == ".npy":
+            return "npy_m", depth_ext
+        png_formats = [f for f in DEPTH_FORMATS if _FORMAT_EXTENSION[f] == ".png"]
+        raise ValueError(
+            f"depth_ext {depth_ext!r} is ambiguous: PNG depth is one of {', '.join(png_formats)}; "
+            f"pass depth_format= to say which"
+        )
+    if ext != _FORMAT_EXTENSION[depth_format]:
+        raise ValueError(
+            f"depth_format {depth_format!r} reads {_FORMAT_EXTENSION[depth_format]} files but "
+            f"depth_ext {depth_ext!r} was given; pass a matching pair (or only one of them)"
+        )
+    return depth_format, depth_ext
+
+
+def load_depth_folders(image_root, depth_root, depth_format=None, depth_ext=None, sem_seg_root=None):
     """Records pairing every image in ``image_root`` with ``depth_root/<stem><depth_ext>``
     (and ``sem_seg_root/<stem>.png`` when given). Images without a depth file are listed
-    without depth (asymmetric datasets are normal)."""
+    without depth (asymmetric datasets are normal). ``depth_format`` / ``depth_ext`` default
+    as in :func:`resolve_depth_format`."""
+    depth_format, depth_ext = resolve_depth_format(depth_format, depth_ext)
     if not os.path.isdir(image_root):
         raise FileNotFoundError(f"Image folder not found: {image_root}")
-    if depth_format not in DEPTH_FORMATS:
-        raise ValueError(f"depth_format {depth_format!r}; expected one of {', '.join(DEPTH_FORMATS)}")
     records = []
     for name in sorted(os.listdir(image_root)):
         stem, ext = os.path.splitext(name)
@@ -83,8 +120,8 @@ def register_depth_panoptic_dataset(
     manifest=None,
     image_root=None,
     depth_root=None,
-    depth_format="npy_m",
-    depth_ext=".png",
+    depth_format=None,
+    depth_ext=None,
     sem_seg_root=None,
     depth_range=(1e-3, 80.0),
     label_divisor=1000,
@@ -101,7 +138,11 @@ def register_depth_panoptic_dataset(
             ``pan_seg_file_name`` + ``segments_info`` with dataset category ids), paths relative
             to the manifest. Either this or ``image_root`` + ``depth_root``.
         image_root, depth_root, depth_format, depth_ext, sem_seg_root: the folder form; files
-            pair up by stem.
+            pair up by stem. ``depth_format`` and ``depth_ext`` infer each other: neither given
+            means ``"npy_m"`` / ``".npy"``; a format alone takes its extension (``.npy`` for
+            ``npy_m``, ``.png`` for the uint16 formats); ``".npy"`` alone means ``npy_m``;
+            ``".png"`` alone is ambiguous and, like a mismatched pair, raises ``ValueError``
+            here, at registration.
         depth_range: valid ground-truth depth (min, max) in metres, for losses and metrics.
     """
     if (manifest is None) == (image_root is None):
@@ -114,6 +155,7 @@ def register_depth_panoptic_dataset(
     else:
         if depth_root is None:
             raise ValueError("the folder form needs depth_root=")
+        depth_format, depth_ext = resolve_depth_format(depth_format, depth_ext)
         loader = lambda: load_depth_folders(image_root, depth_root, depth_format, depth_ext, sem_seg_root)  # noqa: E731
     DatasetCatalog.register(name, loader)
     MetadataCatalog.get(name).set(**meta)
