@@ -1,52 +1,48 @@
 """``SegDepTrainer``: detectron2's DefaultTrainer with segdep_d2's mapper, evaluators and solver."""
+import contextlib
 import logging
 import os
-import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
-from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator
+from detectron2.engine import DefaultTrainer
+from detectron2.engine import defaults as d2_defaults
+from detectron2.evaluation import DatasetEvaluators
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
-from ..data import DepthPanopticDatasetMapper, read_sem_seg
-from ..evaluation import DepthEvaluator, PanopticDepthEvaluator
+from ..data import DepthPanopticDatasetMapper
+from ..data.label_io import has_panoptic
+from ..evaluation import DepthEvaluator, LabelledSemSegEvaluator, PanopticDepthEvaluator
 
 __all__ = ["SegDepTrainer", "build_evaluators"]
 
-
-def _sem_seg_loader(dataset_name):
-    """A ``sem_seg_loading_fn`` for SemSegEvaluator that decodes any label layout we read
-    (VKITTI2's colour PNGs included) through :func:`read_sem_seg`."""
-    records = {
-        r["sem_seg_file_name"]: r for r in DatasetCatalog.get(dataset_name) if "sem_seg_file_name" in r
-    }
-
-    def load(filename, dtype=int):
-        return read_sem_seg(records[filename]).astype(dtype)
-
-    return load
+logger = logging.getLogger(__name__)
 
 
 def build_evaluators(cfg, dataset_name, output_folder=None):
-    """Evaluators chosen from the dataset's metadata ``evaluator_type``:
-    ``panoptic_depth`` -> semantic + depth + panoptic-depth; ``sem_seg_depth`` -> semantic +
-    depth; ``depth`` -> depth only."""
+    """The evaluators the dataset's records call for: semantic (detectron2's SemSegEvaluator)
+    where records carry ``sem_seg_file_name``, depth where they carry ``depth_file_name``,
+    panoptic + depth-aware PQ where they carry panoptic labels. A partly labelled dataset is
+    evaluated per label type on the records that have it; each result reports ``num_images``."""
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-    meta = MetadataCatalog.get(dataset_name)
-    evaluator_type = meta.get("evaluator_type", None)
+    records = DatasetCatalog.get(dataset_name)
+    counts = {
+        "sem_seg": sum("sem_seg_file_name" in r for r in records),
+        "depth": sum("depth_file_name" in r for r in records),
+        "panoptic": sum(has_panoptic(r) for r in records),
+    }
+    logger.info(
+        f"Evaluating {dataset_name} ({len(records)} images): "
+        + ", ".join(f"{n} with {kind} labels" for kind, n in counts.items())
+    )
     evaluators = []
-    if evaluator_type in ("panoptic_depth", "sem_seg_depth"):
-        evaluators.append(
-            SemSegEvaluator(dataset_name, output_dir=output_folder, sem_seg_loading_fn=_sem_seg_loader(dataset_name))
-        )
-    if evaluator_type in ("panoptic_depth", "sem_seg_depth", "depth"):
+    if counts["sem_seg"]:
+        evaluators.append(LabelledSemSegEvaluator(dataset_name, output_dir=output_folder))
+    if counts["depth"]:
         evaluators.append(
             DepthEvaluator(
                 dataset_name,
@@ -55,43 +51,46 @@ def build_evaluators(cfg, dataset_name, output_folder=None):
                 median_scaling=cfg.TEST.DEPTH.MEDIAN_SCALING,
             )
         )
-    if evaluator_type == "panoptic_depth":
+    if counts["panoptic"]:
         evaluators.append(
             PanopticDepthEvaluator(
                 dataset_name, output_dir=output_folder, thresholds=tuple(cfg.TEST.DEPTH.DPQ_THRESHOLDS)
             )
         )
     if not evaluators:
-        raise NotImplementedError(
-            f"No evaluator for dataset {dataset_name!r} with evaluator_type {evaluator_type!r}; "
-            "expected 'panoptic_depth', 'sem_seg_depth' or 'depth' in its metadata"
+        raise ValueError(
+            f"Dataset {dataset_name!r} has no ground truth to evaluate: none of its {len(records)} records "
+            "carries 'sem_seg_file_name', 'depth_file_name' or panoptic labels"
         )
     return DatasetEvaluators(evaluators)
 
 
+@contextlib.contextmanager
+def _ddp_for_cpu_models():
+    """detectron2's DefaultTrainer wraps the model with ``create_ddp_model``, which always passes
+    ``device_ids=[local_rank]``; DistributedDataParallel rejects that for CPU models, and
+    multi-process CPU training (gloo) is something we support and test. Within this context a
+    CPU model gets ``device_ids=None``."""
+    original = d2_defaults.create_ddp_model
+
+    def create_ddp_model(model, **kwargs):
+        if next(model.parameters()).device.type == "cpu":
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
 class SegDepTrainer(DefaultTrainer):
+    """DefaultTrainer with segdep_d2's mapper, evaluators, optimizer and DeepLab's LR schedule."""
+
     def __init__(self, cfg):
-        # DefaultTrainer.__init__, except for the DDP wrapper: detectron2 always passes
-        # device_ids=[local_rank], which DistributedDataParallel rejects for CPU models, and
-        # multi-process CPU training (gloo) is something we support and test.
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        on_gpu = next(model.parameters()).device.type == "cuda"
-        model = create_ddp_model(
-            model, broadcast_buffers=False, **({} if on_gpu else {"device_ids": None})
-        )
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        with _ddp_for_cpu_models():
+            super().__init__(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):

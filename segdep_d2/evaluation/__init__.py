@@ -13,6 +13,7 @@ from .panoptic_depth_metrics import (
 )
 from .depth_evaluator import DepthEvaluator
 from .panoptic_depth_evaluator import PanopticDepthEvaluator, panoptic_gt_to_label_map
+from .sem_seg_evaluator import LabelledSemSegEvaluator
 
 __all__ = [
     "DEPTH_METRIC_NAMES",
@@ -30,5 +31,6 @@ __all__ = [
     "dpq_key",
     "DepthEvaluator",
     "PanopticDepthEvaluator",
+    "LabelledSemSegEvaluator",
     "panoptic_gt_to_label_map",
 ]

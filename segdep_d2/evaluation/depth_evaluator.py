@@ -7,12 +7,13 @@ from collections import OrderedDict
 from typing import Optional, Sequence, Union
 
 import numpy as np
-from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from ..data.datasets.metadata import valid_depth_range
 from ..data.depth_io import read_depth
+from .arrays import to_numpy
 from .depth_metrics import DEPTH_METRIC_NAMES, depth_metrics
 
 __all__ = ["DepthEvaluator"]
@@ -60,13 +61,7 @@ class DepthEvaluator(DatasetEvaluator):
         self._dataset_name = dataset_name
         self._distributed = distributed
         self._output_dir = output_dir
-        depth_range = MetadataCatalog.get(dataset_name).get("depth_range", None)
-        if (min_depth is None or max_depth is None) and depth_range is None:
-            raise ValueError(
-                f"Dataset {dataset_name!r} has no metadata 'depth_range'; pass min_depth= and max_depth="
-            )
-        self._min_depth = float(depth_range[0] if min_depth is None else min_depth)
-        self._max_depth = float(depth_range[1] if max_depth is None else max_depth)
+        self._min_depth, self._max_depth = valid_depth_range(dataset_name, min_depth, max_depth)
         self._crop = crop
         self._median_scaling = median_scaling
         self._results = []
@@ -83,10 +78,7 @@ class DepthEvaluator(DatasetEvaluator):
                     f"{self.__class__.__name__}: the model output for {input_dict.get('file_name')} has no 'depth'"
                 )
             gt = read_depth(input_dict)
-            pred = output["depth"]
-            if hasattr(pred, "detach"):
-                pred = pred.detach().to("cpu").float().numpy()
-            pred = np.squeeze(np.asarray(pred))
+            pred = np.squeeze(to_numpy(output["depth"], np.float32))
             if pred.shape != gt.shape:
                 raise ValueError(
                     f"Predicted depth {pred.shape} for {input_dict.get('file_name')} does not have the "

@@ -19,6 +19,8 @@ from typing import Dict, Optional, Union
 
 import numpy as np
 
+from .arrays import to_numpy
+
 __all__ = ["DEPTH_METRIC_NAMES", "EVAL_CROPS", "eval_crop_mask", "depth_metrics"]
 
 DEPTH_METRIC_NAMES = ("AbsRel", "SqRel", "RMSE", "RMSE_log", "log10", "SILog", "d1", "d2", "d3")
@@ -33,12 +35,6 @@ EVAL_CROPS = {
     # NYU Depth v2 crop [45:471, 41:601] of the 480 x 640 images (scaled for other sizes)
     "nyu": (45 / 480, 471 / 480, 41 / 640, 601 / 640),
 }
-
-
-def _to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch.Tensor, without importing torch here
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def _drop_channel(x: np.ndarray) -> np.ndarray:
@@ -86,8 +82,8 @@ def depth_metrics(
         ``{name: float}`` for the names in :data:`DEPTH_METRIC_NAMES`, or None when the image has
         no valid pixel (callers skip such images, so that no average is ever NaN).
     """
-    pred = _to_numpy(pred).astype(np.float64)
-    gt = _to_numpy(gt).astype(np.float64)
+    pred = to_numpy(pred).astype(np.float64)
+    gt = to_numpy(gt).astype(np.float64)
     pred, gt = _drop_channel(pred), _drop_channel(gt)
     if pred.shape != gt.shape:
         raise ValueError(f"pred {pred.shape} and gt {gt.shape} must have the same (H, W) shape")
@@ -101,7 +97,7 @@ def depth_metrics(
                 raise ValueError(f"a named crop needs (H, W) depth maps, got {gt.shape}")
             valid &= eval_crop_mask(gt.shape[0], gt.shape[1], crop)
         else:
-            crop = _to_numpy(crop).astype(bool)
+            crop = to_numpy(crop).astype(bool)
             if crop.shape != gt.shape:
                 raise ValueError(f"crop mask {crop.shape} differs from the depth map {gt.shape}")
             valid &= crop

@@ -17,7 +17,9 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..data.depth_io import read_depth
+from ..data.datasets.metadata import valid_depth_range
 from ..data.label_io import has_panoptic, read_panoptic
+from .arrays import to_numpy
 from .panoptic_depth_metrics import (
     PanopticQualityStats,
     image_panoptic_depth_stats,
@@ -37,21 +39,20 @@ def panoptic_gt_to_label_map(
     label_divisor: int,
     void_category: int,
     thing_ids=None,
-) -> np.ndarray:
-    """``read_panoptic`` output -> int64 map ``category * label_divisor + instance``.
+) -> Tuple[np.ndarray, List[int]]:
+    """``read_panoptic`` output -> (int64 map ``category * label_divisor + instance``, crowd ids).
 
     Thing segments get instances 1, 2, ... per category, stuff segments instance 0 (a second
     segment of the same stuff category, which panopticapi allows, gets the next free instance
-    number so that the two stay apart). Crowd segments and pixels without a segment become void
-    (``void_category * label_divisor``). ``thing_ids`` (contiguous ids) decides what is a thing;
-    without it each segment's ``isthing`` does.
+    number so that the two stay apart). Crowd segments (``iscrowd: 1``) are numbered like the
+    others and their labels returned as the crowd ids, for the PQ functions' ``crowd_ids``.
+    Pixels without a segment become void (``void_category * label_divisor``). ``thing_ids``
+    (contiguous ids) decides what is a thing; without it each segment's ``isthing`` does.
     """
     void_label = int(void_category) * label_divisor
-    ids, labels = [], []
+    ids, labels, crowd_ids = [], [], []
     next_instance: Dict[int, int] = {}
     for seg in segments_info:
-        if seg.get("iscrowd", 0):
-            continue
         category = int(seg["category_id"])
         isthing = category in thing_ids if thing_ids is not None else bool(seg.get("isthing", False))
         if isthing or category in next_instance:
@@ -63,14 +64,16 @@ def panoptic_gt_to_label_map(
             raise ValueError(f"more than {label_divisor - 1} segments of category {category} in one image")
         ids.append(int(seg["id"]))
         labels.append(category * label_divisor + instance)
+        if seg.get("iscrowd", 0):
+            crowd_ids.append(labels[-1])
     segment_ids = np.asarray(segment_ids, dtype=np.int64)
     if not ids:
-        return np.full(segment_ids.shape, void_label, dtype=np.int64)
+        return np.full(segment_ids.shape, void_label, dtype=np.int64), crowd_ids
     order = np.argsort(ids)
     ids = np.asarray(ids, dtype=np.int64)[order]
     labels = np.asarray(labels, dtype=np.int64)[order]
     pos = np.clip(np.searchsorted(ids, segment_ids), 0, ids.size - 1)
-    return np.where(ids[pos] == segment_ids, labels[pos], void_label)
+    return np.where(ids[pos] == segment_ids, labels[pos], void_label), crowd_ids
 
 
 def _categories_from_metadata(meta) -> Tuple[List[dict], set]:
@@ -126,9 +129,7 @@ class PanopticDepthEvaluator(DatasetEvaluator):
         self._label_divisor = int(meta.label_divisor)
         self._void_category = int(meta.ignore_label)
         self._categories, self._thing_ids = _categories_from_metadata(meta)
-        depth_range = meta.get("depth_range", None) or (0.0, float("inf"))
-        self._min_depth = float(depth_range[0] if min_depth is None else min_depth)
-        self._max_depth = float(depth_range[1] if max_depth is None else max_depth)
+        self._min_depth, self._max_depth = valid_depth_range(dataset_name, min_depth, max_depth)
         self.reset()
 
     def reset(self):
@@ -176,14 +177,12 @@ class PanopticDepthEvaluator(DatasetEvaluator):
             if not has_panoptic(input_dict):
                 continue
             segment_ids, gt_info = read_panoptic(input_dict)
-            gt_map = panoptic_gt_to_label_map(
+            gt_map, crowd_ids = panoptic_gt_to_label_map(
                 segment_ids, gt_info, label_divisor=self._label_divisor,
                 void_category=self._void_category, thing_ids=self._thing_ids,
             )
             pred_ids, pred_info = output["panoptic_seg"]
-            if hasattr(pred_ids, "detach"):
-                pred_ids = pred_ids.detach().to("cpu").numpy()
-            pred_ids = np.asarray(pred_ids).astype(np.int64)
+            pred_ids = to_numpy(pred_ids, np.int64)
             if pred_ids.shape != gt_map.shape:
                 raise ValueError(
                     f"Predicted panoptic map {pred_ids.shape} for {input_dict.get('file_name')} does not "
@@ -193,10 +192,7 @@ class PanopticDepthEvaluator(DatasetEvaluator):
                 raise KeyError(
                     f"{self.__class__.__name__}: the model output for {input_dict.get('file_name')} has no 'depth'"
                 )
-            pred_depth = output["depth"]
-            if hasattr(pred_depth, "detach"):
-                pred_depth = pred_depth.detach().to("cpu").float().numpy()
-            pred_depth = np.squeeze(np.asarray(pred_depth, dtype=np.float32))
+            pred_depth = np.squeeze(to_numpy(output["depth"], np.float32))
 
             gt_depth = None
             if "depth_file_name" in input_dict:
@@ -208,7 +204,7 @@ class PanopticDepthEvaluator(DatasetEvaluator):
             stats = image_panoptic_depth_stats(
                 pred_ids, gt_map, pred_depth, gt_depth,
                 label_divisor=self._label_divisor, void_category=self._void_category,
-                thresholds=self._thresholds,
+                thresholds=self._thresholds, crowd_ids=crowd_ids,
             )
             self._num_images += 1
             self._pq += stats.pq

@@ -4,17 +4,21 @@ import socket
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.events import EventStorage
 
 import segdep_d2  # noqa: F401
 from segdep_d2 import add_segdep_config
+from segdep_d2.data.datasets import register_depth_panoptic_dataset
+from segdep_d2.data.datasets.generic import load_depth_folders
 from segdep_d2.data.datasets.vkitti2 import register_vkitti2
-from segdep_d2.engine import SegDepTrainer
+from segdep_d2.engine import SegDepTrainer, build_evaluators
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "projects/PanopticDepthLab/configs/Synthetic-PanopticDepth/panoptic_depthlab_R_18_os32_cpu.yaml")
@@ -85,6 +89,66 @@ def test_eval_only_on_checkpoint_reports_every_metric(datasets, tmp_path):
     assert results["depth"]["num_images"] == 2 and np.isfinite(results["depth"]["AbsRel"])
     for key in ("PQ", "SQ", "RQ", "DPQ@0.1", "DPQ@0.25", "DPQ@0.5", "DPQ"):
         assert np.isfinite(results["panoptic_depth"][key])
+
+
+def _depth_only_folder(root, count=2, height=48, width=80):
+    """Images + KITTI-encoded depth (metres * 256) pairing by stem, as in datasets/README.md."""
+    (root / "image").mkdir(parents=True)
+    (root / "groundtruth").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        cv2.imwrite(str(root / "image" / f"{i:06d}.png"), rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        depth = rng.uniform(2.0, 60.0, (height, width))
+        cv2.imwrite(str(root / "groundtruth" / f"{i:06d}.png"), np.round(depth * 256).astype(np.uint16))
+    return root
+
+
+def _model(cfg):
+    torch.manual_seed(0)
+    return SegDepTrainer.build_model(cfg)
+
+
+def test_eval_only_on_a_depth_only_dataset(datasets, tmp_path):
+    """datasets/README.md's my_kitti_depth_val example: no semantic or panoptic labels at all."""
+    folder = _depth_only_folder(tmp_path / "kitti_val")
+    name = "test_engine_depth_only"
+    register_depth_panoptic_dataset(
+        name, categories=[{"id": 0, "name": "road", "isthing": 0}, {"id": 1, "name": "car", "isthing": 1}],
+        image_root=str(folder / "image"), depth_root=str(folder / "groundtruth"),
+        depth_format="kitti_png256", depth_ext=".png", depth_range=(1e-3, 80.0),
+    )
+    cfg = _cfg(tmp_path, "DATASETS.TEST", f"('{name}',)")
+    results = SegDepTrainer.test(cfg, _model(cfg))
+    assert set(results) == {"depth"}
+    assert results["depth"]["num_images"] == 2 and np.isfinite(results["depth"]["AbsRel"])
+
+
+def test_eval_on_a_partly_labelled_dataset_counts_each_label_type(datasets, tmp_path):
+    """VKITTI2 frames (all labels) mixed with depth-only frames: each metric on the records that
+    carry its labels, with the count."""
+    folder = _depth_only_folder(tmp_path / "pseudo", count=3)
+    labelled = DatasetCatalog.get("test_engine_val")
+    depth_only = load_depth_folders(str(folder / "image"), str(folder / "groundtruth"), "kitti_png256")
+    name = "test_engine_mixed"
+    DatasetCatalog.register(name, lambda: labelled + depth_only)
+    meta = MetadataCatalog.get("test_engine_val").as_dict()
+    meta.pop("name")
+    MetadataCatalog.get(name).set(**meta)
+    cfg = _cfg(tmp_path, "DATASETS.TEST", f"('{name}',)")
+    results = SegDepTrainer.test(cfg, _model(cfg))
+    assert results["sem_seg"]["num_images"] == len(labelled) == 2
+    assert results["panoptic_depth"]["num_images"] == len(labelled)
+    assert results["depth"]["num_images"] == len(labelled) + 3
+    assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0
+
+
+def test_a_dataset_without_any_ground_truth_is_refused(tmp_path):
+    folder = _depth_only_folder(tmp_path / "bare")
+    name = "test_engine_bare"
+    DatasetCatalog.register(name, lambda: [{"file_name": str(folder / "image" / "000000.png"), "image_id": "0"}])
+    MetadataCatalog.get(name).set(depth_range=(1e-3, 80.0))
+    with pytest.raises(ValueError, match="no ground truth"):
+        build_evaluators(_cfg(tmp_path), name)
 
 
 def test_train_net_cli_two_processes_then_resume(synthetic_vkitti2, tmp_path):

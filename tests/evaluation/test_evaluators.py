@@ -13,7 +13,12 @@ from PIL import Image
 
 import segdep_d2.evaluation.depth_evaluator as depth_evaluator_module
 import segdep_d2.evaluation.panoptic_depth_evaluator as panoptic_evaluator_module
-from segdep_d2.evaluation import DepthEvaluator, PanopticDepthEvaluator, panoptic_gt_to_label_map
+from segdep_d2.evaluation import (
+    DepthEvaluator,
+    LabelledSemSegEvaluator,
+    PanopticDepthEvaluator,
+    panoptic_gt_to_label_map,
+)
 
 
 def _write_depth(path, metres):
@@ -358,14 +363,66 @@ def test_panoptic_gt_to_label_map():
         {"id": 1, "category_id": 0, "iscrowd": 0},
         {"id": 5, "category_id": 1, "iscrowd": 0},
         {"id": 7, "category_id": 1, "iscrowd": 0},
-        {"id": 9, "category_id": 1, "iscrowd": 1},  # crowd -> void
+        {"id": 9, "category_id": 1, "iscrowd": 1},  # crowd: labelled, and listed as crowd
         {"id": 3, "category_id": 2, "iscrowd": 0},
         {"id": 11, "category_id": 0, "iscrowd": 0},  # a second road segment stays apart
         {"id": 12, "category_id": 1, "iscrowd": 0},
     ]
-    out = panoptic_gt_to_label_map(ids, info, label_divisor=1000, void_category=255, thing_ids={1, 2})
+    out, crowd_ids = panoptic_gt_to_label_map(ids, info, label_divisor=1000, void_category=255, thing_ids={1, 2})
     assert out.tolist() == [
         [0, 0, 1001, 1002],
-        [255000, 255000, 2001, 2001],
-        [1, 1, 1003, 1003],
+        [1003, 255000, 2001, 2001],
+        [1, 1, 1004, 1004],
     ]
+    assert crowd_ids == [1003]
+
+
+def test_panoptic_depth_evaluator_crowd_region_is_void_only_for_its_own_category(panoptic_dataset):
+    """Image 2 has a crowd of cars at (2, 2:4). Road predicted there stays in road's union
+    (panopticapi): road IoU 8 / 10; treating the crowd as void for every category gave 1.0."""
+    name, dicts, _ = panoptic_dataset
+    pred = torch.tensor([[0] * 4, [0] * 4, [1001, 1001, 0, 0], [1001, 1001, -1, -1]], dtype=torch.int32)
+    evaluator = PanopticDepthEvaluator(name, distributed=False)
+    evaluator.process([dicts[1]], [{"panoptic_seg": (pred, None), "depth": torch.full((4, 4), 7.0)}])
+    res = evaluator.evaluate()["panoptic_depth"]
+    assert res["SQ_st"] == pytest.approx(80.0)
+    assert res["PQ"] == pytest.approx((80.0 + 100.0) / 2)
+    # a car prediction on the car crowd, unmatched, is forgiven
+    pred[2, 2:4] = 1003
+    evaluator.reset()
+    evaluator.process([dicts[1]], [{"panoptic_seg": (pred, None), "depth": torch.full((4, 4), 7.0)}])
+    assert evaluator.evaluate()["panoptic_depth"]["PQ"] == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("evaluator_cls", [DepthEvaluator, PanopticDepthEvaluator])
+def test_evaluators_refuse_a_dataset_without_depth_range(evaluator_cls, registered):
+    metadata = {k: v for k, v in PANOPTIC_METADATA.items() if k != "depth_range"}
+    name = registered([], **metadata)
+    with pytest.raises(ValueError, match="depth_range"):
+        evaluator_cls(name, distributed=False)
+    evaluator_cls(name, distributed=False, min_depth=0.5, max_depth=40.0)  # explicit range: fine
+
+
+def test_labelled_sem_seg_evaluator_on_partly_labelled_records(tmp_path, registered):
+    """Two of three records carry semantic labels: mIoU over those two, num_images 2."""
+    labels = [np.array([[0, 0, 1], [1, 1, 255]], np.uint8), np.array([[1, 1, 1], [0, 0, 0]], np.uint8)]
+    dicts = []
+    for i in range(3):
+        d = {"file_name": _write_image(tmp_path / f"s{i}.png", 2, 3), "image_id": f"s{i}", "height": 2, "width": 3}
+        if i < 2:
+            Image.fromarray(labels[i]).save(tmp_path / f"s{i}_label.png")
+            d["sem_seg_file_name"] = str(tmp_path / f"s{i}_label.png")
+        dicts.append(d)
+    name = registered(dicts, **PANOPTIC_METADATA)
+    # predictions: image 0 perfect except one road pixel called car; image 1 perfect; image 2 ignored
+    preds = [np.array([[0, 1, 1], [1, 1, 1]]), labels[1].astype(np.int64), np.zeros((2, 3), np.int64)]
+    outputs = {d["image_id"]: {"sem_seg": torch.nn.functional.one_hot(torch.as_tensor(p), 2).permute(2, 0, 1).float()}
+               for d, p in zip(dicts, preds)}
+    evaluator = LabelledSemSegEvaluator(name, distributed=False)
+    res = inference_on_dataset(_CannedModel(outputs), [[d] for d in dicts], evaluator)["sem_seg"]
+    # road: image 0 tp 1 fn 1, image 1 tp 3 -> 4 / 5; car: image 0 tp 3 fp 1 (the ignored pixel
+    # does not count), image 1 tp 3 -> 6 / 7
+    assert res["num_images"] == 2
+    assert res["IoU-road"] == pytest.approx(100 * 4 / 5)
+    assert res["IoU-car"] == pytest.approx(100 * 6 / 7)
+    assert res["mIoU"] == pytest.approx(100 * (4 / 5 + 6 / 7) / 2)

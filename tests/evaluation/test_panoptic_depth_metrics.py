@@ -15,7 +15,6 @@ from segdep_d2.evaluation import (
     panoptic_quality_stats,
     segment_depths,
 )
-from segdep_d2.evaluation.panoptic_depth_metrics import _segment_stats_torch
 
 DIV = 1000
 VOID = 255
@@ -39,15 +38,11 @@ def _brute_force(ids, depth, void_ids=(-1,), valid=None):
 
 
 def _torch_path(ids, depth, void_ids=(-1,), valid=None):
-    """The reduction CUDA tensors take, run on CPU tensors."""
-    labels, areas, sums, medians = _segment_stats_torch(
-        torch.as_tensor(ids), torch.as_tensor(depth), None if valid is None else torch.as_tensor(valid)
+    """The model's call: torch tensors in."""
+    return segment_depths(
+        torch.as_tensor(ids), torch.as_tensor(depth), void_ids=void_ids,
+        valid=None if valid is None else torch.as_tensor(valid),
     )
-    return {
-        label: {"depth": total / area, "depth_median": median, "area": area}
-        for label, total, median, area in zip(labels.tolist(), sums.tolist(), medians.tolist(), areas.tolist())
-        if label not in void_ids
-    }
 
 
 def _assert_same(result, expected, rtol=1e-6):
@@ -112,8 +107,12 @@ def test_segment_depths_rejects_bad_input():
         segment_depths(np.zeros((1, 2), np.int32), np.array([[1.0, np.nan]], np.float32))
     with pytest.raises(ValueError, match="non-negative"):
         segment_depths(np.zeros((1, 2), np.int32), np.array([[1.0, -2.0]], np.float32))
-    with pytest.raises(ValueError, match="int32"):
-        segment_depths(np.array([[2**40]], np.int64), np.ones((1, 1), np.float32))
+    with pytest.raises(TypeError, match="integers"):
+        segment_depths(np.zeros((1, 2), np.float32), np.ones((1, 2), np.float32))
+    # ids beyond int32 are fine (no bit packing)
+    assert segment_depths(np.array([[2**40]], np.int64), np.full((1, 1), 3.0, np.float32)) == {
+        2**40: {"depth": 3.0, "depth_median": 3.0, "area": 1}
+    }
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -350,7 +349,7 @@ def _synthetic_pair(rng, h=36, w=52):
     return pred, gt, pred_depth, gt_depth
 
 
-def _to_panopticapi(label_map, folder, name, with_area):
+def _to_panopticapi(label_map, folder, name, with_area, crowd_ids=()):
     """Our map -> panopticapi PNG (id = label + 1, 0 = void) + segments_info."""
     void = (label_map < 0) | (label_map // DIV == VOID)
     png_ids = np.where(void, 0, label_map + 1).astype(np.uint32)
@@ -360,23 +359,24 @@ def _to_panopticapi(label_map, folder, name, with_area):
     for seg_id, area in zip(*np.unique(png_ids, return_counts=True)):
         if seg_id == 0:
             continue
-        info = {"id": int(seg_id), "category_id": int((seg_id - 1) // DIV), "iscrowd": 0}
+        info = {"id": int(seg_id), "category_id": int((seg_id - 1) // DIV), "iscrowd": int(seg_id - 1 in crowd_ids)}
         if with_area:
             info["area"] = int(area)
         segments.append(info)
     return segments
 
 
-def _pq_compute(tmp_path, preds, gts, categories):
+def _pq_compute(tmp_path, preds, gts, categories, crowds=None):
     from panopticapi.evaluation import pq_compute
 
     gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
-    gt_dir.mkdir(exist_ok=True)
-    pred_dir.mkdir(exist_ok=True)
+    gt_dir.mkdir(parents=True, exist_ok=True)
+    pred_dir.mkdir(parents=True, exist_ok=True)
     gt_ann, pred_ann = [], []
-    for i, (pred, gt) in enumerate(zip(preds, gts)):
+    crowds = crowds or [()] * len(gts)
+    for i, (pred, gt, crowd) in enumerate(zip(preds, gts, crowds)):
         name = f"{i}.png"
-        gt_ann.append({"image_id": i, "file_name": name, "segments_info": _to_panopticapi(gt, gt_dir, name, True)})
+        gt_ann.append({"image_id": i, "file_name": name, "segments_info": _to_panopticapi(gt, gt_dir, name, True, crowd)})
         pred_ann.append({"image_id": i, "file_name": name, "segments_info": _to_panopticapi(pred, pred_dir, name, False)})
     cats = [{"id": c["id"], "name": str(c["id"]), "isthing": int(c["isthing"])} for c in categories]
     (tmp_path / "gt.json").write_text(json.dumps({"images": [], "annotations": gt_ann, "categories": cats}))
@@ -432,3 +432,104 @@ def test_dpq_equals_vip_deeplab_relabelling_through_panopticapi(tmp_path, thresh
     )
     assert res[f"DPQ@{threshold:g}"] == pytest.approx(vip_dpq, abs=1e-9)
     assert res[f"DPQ@{threshold:g}"] < res["PQ"]
+
+
+# ----------------------------------------------------------------------------------------------
+# crowd regions, against panopticapi
+# ----------------------------------------------------------------------------------------------
+def _with_crowd(rng, pred, gt):
+    """Adds GT crowd regions of several categories (things and a stuff class) and predictions
+    on them: one of the crowd's own category (forgiven when unmatched), one of another category
+    (not forgiven), one that straddles a crowd region and a GT instance of its category."""
+    gt, pred = gt.copy(), pred.copy()
+    crowd_ids = []
+    for k, cat in enumerate((3, 4, 1)):
+        ys, xs = _rect(rng, *gt.shape, 5, 12)
+        crowd_id = cat * DIV + 900 + k
+        gt[ys, xs] = crowd_id
+        crowd_ids.append(crowd_id)
+        own, other = rng.integers(0, 2, size=2)
+        if own:  # a prediction of the crowd's category, mostly inside it
+            pred[ys, xs] = cat * DIV + 60 + k
+        if other:  # a prediction of another category on the same crowd region
+            pred[ys.start : ys.start + 3, xs] = (5 if cat != 5 else 3) * DIV + 70 + k
+    return pred, gt, crowd_ids
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_pq_and_dpq_with_crowd_regions_equal_panopticapi(tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(4):
+        pred, gt, pred_depth, gt_depth = _synthetic_pair(rng)
+        pred, gt, crowd = _with_crowd(rng, pred, gt)
+        samples.append((pred, gt, pred_depth, gt_depth, crowd))
+    preds, gts, crowds = [s[0] for s in samples], [s[1] for s in samples], [s[4] for s in samples]
+    res = depth_aware_pq(
+        preds, gts, [s[2] for s in samples], [s[3] for s in samples],
+        label_divisor=DIV, void_category=VOID, categories=RANDOM_CATEGORIES, crowd_ids=crowds,
+    )
+    expected = _pq_compute(tmp_path / "pq", preds, gts, RANDOM_CATEGORIES, crowds)
+    for ours, theirs in (("", "All"), ("_th", "Things"), ("_st", "Stuff")):
+        for metric in ("PQ", "SQ", "RQ"):
+            assert res[metric + ours] == pytest.approx(100 * expected[theirs][metric.lower()], abs=1e-9)
+    # crowd regions changed the result: treating them as void for every category differs
+    as_void = [np.where(np.isin(g, c), VOID_ID, g) for g, c in zip(gts, crowds)]
+    res_void = depth_aware_pq(
+        preds, as_void, [s[2] for s in samples], [s[3] for s in samples],
+        label_divisor=DIV, void_category=VOID, categories=RANDOM_CATEGORIES,
+    )
+    assert res_void["PQ"] != pytest.approx(res["PQ"], abs=1e-9)
+
+    for threshold in (0.1, 0.25, 0.5):  # ViP-DeepLab's relabelling, through panopticapi
+        relabelled = []
+        for pred, gt, pred_depth, gt_depth, _ in samples:
+            has_depth = gt_depth > 0
+            error = np.zeros_like(gt_depth)
+            error[has_depth] = np.abs(pred_depth[has_depth] - gt_depth[has_depth]) / gt_depth[has_depth]
+            relabelled.append(np.where(has_depth & (error > threshold), EXTRA * DIV, pred))
+        folder = tmp_path / f"dpq{threshold}"
+        expected = _pq_compute(folder, relabelled, gts, RANDOM_CATEGORIES + [{"id": EXTRA, "isthing": False}], crowds)
+        per_class = expected["per_class"]
+        # the mean over the real categories with tp + fp + fn > 0 (EXTRA's segments are dropped)
+        stats = sum(
+            image_panoptic_depth_stats(
+                p, g, pd, gd, label_divisor=DIV, void_category=VOID, thresholds=(threshold,), crowd_ids=c
+            ).dpq[threshold]
+            for p, g, pd, gd, c in samples
+        )
+        present = [
+            c["id"] for c in RANDOM_CATEGORIES if stats.tp.get(c["id"], 0) + stats.fp.get(c["id"], 0) + stats.fn.get(c["id"], 0)
+        ]
+        vip_dpq = 100 * np.mean([per_class[cid]["pq"] for cid in present])
+        assert res[f"DPQ@{threshold:g}"] == pytest.approx(vip_dpq, abs=1e-9)
+
+
+def test_crowd_rules_by_hand():
+    # 4 x 4: road on top, a car crowd region bottom-left, car 2001 bottom-right
+    gt = np.array(
+        [[1000] * 4, [1000] * 4, [2900, 2900, 2001, 2001], [2900, 2900, 2001, 2001]], dtype=np.int64
+    )
+    crowd = [2900]
+    # a car prediction on the crowd region is forgiven; a person prediction there is not
+    pred = gt.copy()
+    pred[2:, :2] = 2005
+    stats, _ = panoptic_quality_stats(pred, gt, label_divisor=DIV, void_category=VOID, crowd_ids=crowd)
+    assert (stats.tp, stats.fp, stats.fn) == ({1: 1, 2: 1}, {1: 0, 2: 0}, {1: 0, 2: 0})
+    pred[2:, :2] = 3005
+    stats, _ = panoptic_quality_stats(pred, gt, label_divisor=DIV, void_category=VOID, crowd_ids=crowd)
+    assert stats.fp == {1: 0, 2: 0, 3: 1}
+    # as void for all categories (the old rule), the person prediction would be forgiven too
+    stats, _ = panoptic_quality_stats(
+        pred, np.where(gt == 2900, VOID_ID, gt), label_divisor=DIV, void_category=VOID
+    )
+    assert stats.fp.get(3, 0) == 0
+    # a matched car keeps its crowd pixels in the union (panopticapi subtracts only void)
+    pred = gt.copy()
+    pred[2, 1] = 2001  # one crowd pixel joins car 2001's prediction
+    pred[2:, 0] = 1000
+    pred[3, 1] = 1000
+    stats, matches = panoptic_quality_stats(pred, gt, label_divisor=DIV, void_category=VOID, crowd_ids=crowd)
+    car = [m for m in matches if m.category == 2]
+    assert len(car) == 1 and car[0].iou == pytest.approx(4 / 5)  # union 5: the crowd pixel counts
+    assert stats.fn.get(2, 0) == 0  # the crowd region is never a false negative

@@ -1,4 +1,5 @@
 """Dataset metadata in detectron2's panoptic convention, built the same way for every dataset."""
+from detectron2.data import MetadataCatalog
 
 
 def depth_panoptic_metadata(categories, *, depth_range, label_divisor=1000, ignore_label=255):
@@ -33,3 +34,19 @@ def depth_panoptic_metadata(categories, *, depth_range, label_divisor=1000, igno
         depth_range=tuple(depth_range),
         evaluator_type="panoptic_depth",
     )
+
+
+def valid_depth_range(dataset_name, min_depth=None, max_depth=None):
+    """(min, max) metres of valid ground-truth depth: the arguments where given, else the dataset's
+    metadata ``depth_range``. The one rule every evaluator follows: no silent default, since a
+    wrong range silently changes which pixels are scored (VKITTI2 stores sky as 655.35 m)."""
+    if min_depth is not None and max_depth is not None:
+        return float(min_depth), float(max_depth)
+    depth_range = MetadataCatalog.get(dataset_name).get("depth_range", None)
+    if depth_range is None:
+        raise ValueError(
+            f"Dataset {dataset_name!r} has no metadata 'depth_range' (valid ground-truth depth in metres): "
+            f"set it with MetadataCatalog.get({dataset_name!r}).set(depth_range=(min, max)) or pass "
+            "min_depth= and max_depth="
+        )
+    return float(depth_range[0] if min_depth is None else min_depth), float(depth_range[1] if max_depth is None else max_depth)
