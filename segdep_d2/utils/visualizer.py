@@ -20,7 +20,7 @@ import math
 import matplotlib
 import numpy as np
 import torch
-from detectron2.utils.visualizer import _OFF_WHITE, ColorMode, Visualizer, _PanopticPrediction
+from detectron2.utils.visualizer import ColorMode, Visualizer
 from matplotlib import colors as mplc
 from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -37,11 +37,13 @@ __all__ = [
     "display_depth_range",
     "distance_color",
     "error_panel",
+    "segment_distance",
     "segment_label",
     "side_by_side",
 ]
 
 DEPTH_CMAP = "turbo_r"
+SEGMENT_EDGE_COLOR = (1.0, 1.0, 240.0 / 255)  # detectron2's off-white panoptic edges
 ERROR_CMAP = "RdYlGn_r"  # 0 error green, large error red; its ends are not black
 _INVALID_RGB = (0, 0, 0)
 
@@ -54,6 +56,27 @@ def segment_label(class_name, depth):
     if depth is None or not math.isfinite(float(depth)):
         return str(class_name)
     return f"{class_name} {float(depth):.1f} m"
+
+
+def segment_distance(sinfo):
+    """A segment's distance to show: its ``depth``, or None when it has none or is flagged
+    ``depth_valid: False`` (sky, or a median outside the dataset's valid range)."""
+    if not sinfo.get("depth_valid", True):
+        return None
+    return sinfo.get("depth")
+
+
+def _segment_masks(panoptic_seg, segments_info):
+    """``(mask, sinfo)`` of every listed segment present in ``panoptic_seg``, largest first (the
+    order detectron2's panoptic drawing uses), and the mask of pixels that belong to one."""
+    ids, areas = torch.unique(panoptic_seg, return_counts=True)
+    by_id = {int(s["id"]): s for s in segments_info}
+    order = torch.argsort(areas, descending=True, stable=True)
+    segments = [(panoptic_seg == ids[i], by_id[int(ids[i])]) for i in order.tolist() if int(ids[i]) in by_id]
+    labelled = torch.zeros_like(panoptic_seg, dtype=torch.bool)
+    for mask, _ in segments:
+        labelled |= mask
+    return [(m.numpy(), s) for m, s in segments], labelled.numpy()
 
 
 def display_depth_range(metadata=None, default=(1.0, 80.0)):
@@ -300,39 +323,40 @@ class DepthPanopticVisualizer(Visualizer):
             area_threshold: stuff components smaller than this are not drawn (detectron2's knob).
 
         Returns:
-            VisImage: every segment labelled ``"class 12.3 m"``; things filled with their
-            distance colour, stuff with the dataset colour.
+            VisImage: every segment labelled ``"class 12.3 m"`` (just ``"class"`` when it has no
+            valid distance, see :func:`segment_distance`); things filled with their distance
+            colour, stuff with the dataset colour.
         """
         if not torch.is_tensor(panoptic_seg):
             panoptic_seg = torch.as_tensor(np.asarray(panoptic_seg))
-        panoptic_seg = panoptic_seg.cpu()
-        # _PanopticPrediction writes "area" into the dicts: work on copies.
-        segments_info = [dict(s) for s in segments_info]
-        pred = _PanopticPrediction(panoptic_seg, segments_info, self.metadata)
+        segments, labelled = _segment_masks(panoptic_seg.cpu(), segments_info)
         if self._instance_mode == ColorMode.IMAGE_BW:
-            self.output.reset_image(self._create_grayscale_image(pred.non_empty_mask()))
+            self.output.reset_image(self._create_grayscale_image(labelled))
 
-        for mask, sinfo in pred.semantic_masks():
+        for mask, sinfo in segments:
+            if sinfo["isthing"]:
+                continue
             colors = self.metadata.get("stuff_colors", None)
             color = [c / 255.0 for c in colors[sinfo["category_id"]]] if colors else None
             self.draw_binary_mask(
                 mask,
                 color=color,
-                edge_color=_OFF_WHITE,
-                text=segment_label(self._class_name(sinfo), sinfo.get("depth")),
+                edge_color=SEGMENT_EDGE_COLOR,
+                text=segment_label(self._class_name(sinfo), segment_distance(sinfo)),
                 alpha=alpha,
                 area_threshold=area_threshold,
             )
 
-        things = list(pred.instance_masks())
+        things = [(mask, sinfo) for mask, sinfo in segments if sinfo["isthing"]]
         if not things:
             return self.output
         masks, infos = zip(*things)
-        near, far = self._distance_range(segments_info)
+        near, far = self._distance_range([s for s in segments_info if segment_distance(s) is not None])
+        distances = [segment_distance(s) for s in infos]
         self.overlay_instances(
             masks=list(masks),
-            labels=[segment_label(self._class_name(s), s.get("depth")) for s in infos],
-            assigned_colors=[distance_color(s.get("depth", math.nan), near, far) for s in infos],
+            labels=[segment_label(self._class_name(s), d) for s, d in zip(infos, distances)],
+            assigned_colors=[distance_color(math.nan if d is None else d, near, far) for d in distances],
             alpha=alpha,
         )
         return self.output

@@ -122,6 +122,17 @@ def test_panoptic_overlay_without_depth_range_or_depths():
     assert {"road", "car"} <= {t.get_text() for t in out.ax.texts}
 
 
+def test_segments_flagged_without_valid_depth_get_no_distance():
+    """Sky (VKITTI2 stores 655.35 m, outside the metrics' range) must not read "Sky 49.5 m"."""
+    image, meta, ids, segments = _scene()
+    segments[0]["depth_valid"] = False  # the road plays the sky here
+    segments[2]["depth_valid"] = False
+    out = DepthPanopticVisualizer(image, meta).draw_panoptic_depth(ids, segments)
+    texts = {t.get_text() for t in out.ax.texts}
+    assert {"road", "car 3.0 m", "car"} <= texts
+    assert not any(t.startswith("road ") for t in texts) and "car 79.0 m" not in texts
+
+
 # ---- panels -----------------------------------------------------------------------------------
 def test_colorbar_has_exact_size():
     for height in (96, 375):

@@ -18,7 +18,10 @@ _SPLITS = ("train", "val")
 
 def cityscapes_depth_metadata():
     # detectron2's category table: dataset ids are labelIds, contiguous ids are trainIds
-    return depth_panoptic_metadata(CITYSCAPES_CATEGORIES, depth_range=CITYSCAPES_DEPTH_RANGE)
+    return depth_panoptic_metadata(
+        CITYSCAPES_CATEGORIES, depth_range=CITYSCAPES_DEPTH_RANGE,
+        classes_without_depth=("sky",),  # no stereo disparity on the sky
+    )
 
 
 def _sibling(image_file, folder, suffix):

@@ -2,13 +2,17 @@
 from detectron2.data import MetadataCatalog
 
 
-def depth_panoptic_metadata(categories, *, depth_range, label_divisor=1000, ignore_label=255):
+def depth_panoptic_metadata(
+    categories, *, depth_range, label_divisor=1000, ignore_label=255, classes_without_depth=()
+):
     """MetadataCatalog fields for a dataset with panoptic labels and depth.
 
     Args:
         categories: ``[{"id", "name", "isthing", "color"?, "trainId"?}]``; the contiguous training
             id is ``trainId`` when given, else the rank of ``id``.
         depth_range: (min, max) metres of valid ground-truth depth, for losses and metrics.
+        classes_without_depth: names of classes that never have a valid distance (sky): their
+            predicted segments are flagged ``depth_valid: False`` and drawn without a distance.
 
     As detectron2's Cityscapes panoptic registration, ``thing_classes`` and ``stuff_classes`` both
     list every class (the Visualizer reads either); ``stuff_dataset_id_to_contiguous_id`` covers
@@ -19,6 +23,9 @@ def depth_panoptic_metadata(categories, *, depth_range, label_divisor=1000, igno
         if missing:
             raise ValueError(f"category {c} lacks {sorted(missing)}")
     ordered = sorted(categories, key=lambda c: c["id"])
+    unknown = set(classes_without_depth) - {c["name"] for c in ordered}
+    if unknown:
+        raise ValueError(f"classes_without_depth {sorted(unknown)} are not category names")
     contiguous = {c["id"]: c.get("trainId", rank) for rank, c in enumerate(ordered)}
     names = [c["name"] for c in ordered]
     colors = [list(c.get("color", (0, 0, 0))) for c in ordered]
@@ -32,6 +39,7 @@ def depth_panoptic_metadata(categories, *, depth_range, label_divisor=1000, igno
         ignore_label=ignore_label,
         label_divisor=label_divisor,
         depth_range=tuple(depth_range),
+        classes_without_depth=list(classes_without_depth),
         evaluator_type="panoptic_depth",
     )
 
