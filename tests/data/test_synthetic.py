@@ -1,5 +1,6 @@
 """The procedural street-scene generator writes the real VKITTI2 / Cityscapes formats with exact geometry."""
 import filecmp
+import hashlib
 import json
 import os
 import subprocess
@@ -63,6 +64,75 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     S.generate_cityscapes(cb, splits={"val": 1}, frames=1, height=32, width=64, seed=0)
     cfiles = _files(ca)
     assert len(cfiles) == 9 and filecmp.cmpfiles(ca, cb, cfiles, shallow=False)[0] == cfiles
+
+
+def _sha256(path):
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def _tree_sha256(root):
+    """One digest over every file's relative path and contents."""
+    h = hashlib.sha256()
+    for rel in _files(root):
+        h.update(rel.encode() + b"\0" + _sha256(os.path.join(root, rel)).encode() + b"\n")
+    return h.hexdigest()
+
+
+# Digests of the current generator's output, pinned so that refactors provably keep the bytes (every
+# variation's shading branch, both cameras, a frame step, every street style, the Cityscapes bonnet).
+# A deliberate change to the generated data must update them.
+_PINNED_VKITTI2_FRAME = {  # Scene02/clone, Camera_1, frame 5
+    "frames/rgb/Camera_1/rgb_00005.jpg": "888d9a00f058202fa4b761019a727738655e175ad07010a23ef52aeb94e724b8",
+    "frames/depth/Camera_1/depth_00005.png": "af4d41aac03bebd549026999eb71da4730af966e72f8d1a3d562c9cfb0342fde",
+    "frames/classSegmentation/Camera_1/classgt_00005.png":
+        "ea465553fd4fe048ebb5eb31e29562e3129549c0f936b27378bacebd27381797",
+    "frames/instanceSegmentation/Camera_1/instancegt_00005.png":
+        "52b47b3dd4d2e6fae2303fc882425225dfec0d1197b08085ac21094cd5bcb6e3",
+    "intrinsic.txt": "773f0a8ae7b266967b5b4d377c1ddb1581933ad40f574c6432929a51e191ef59",
+    "extrinsic.txt": "e1e9688876a2637bf72ebda0b965ba76985cb820c4b6396fac5601e9dad8a4c5",
+    "pose.txt": "098d3fb067aca0346c4b7dfdb581baf8a589ec24d0cf12a51b33388ae05f9d02",
+    "bbox.txt": "a16e32d9cc0b59d2030b59906a9c18c41f8c96ecae113306d328554b31baffae",
+    "info.txt": "0bdf1931a9d66e882c4a157bc12036a497dfa1f61d8b4c4d7e2a73ead0150cb7",
+    "colors.txt": "c8796c41711215f902e4630635fb3c1ecf0e0e457640a30c5ffdd1c068c87c93",
+}
+_PINNED_CITYSCAPES_FRAME = {  # val/frankfurt, sequence 0, frame 1
+    "leftImg8bit/val/frankfurt/frankfurt_000000_000001_leftImg8bit.png":
+        "f90454163e61dd11749aec836b27d5f7faf566631ce1241ceedfeaf2e2858189",
+    "disparity/val/frankfurt/frankfurt_000000_000001_disparity.png":
+        "e480a38a43b131d50d477e292d26297d1d07031c337180c68fd5218114362113",
+    "camera/val/frankfurt/frankfurt_000000_000001_camera.json":
+        "ccdaca6e506736d43f78af07cf18ef073d756e39308745026dc79b06e8fd46b0",
+    "gtFine/val/frankfurt/frankfurt_000000_000001_gtFine_labelIds.png":
+        "545f11dd5715c79d2ca7ab4cc053ed374124a7b76494b34a6ab2ef57452c6399",
+    "gtFine/val/frankfurt/frankfurt_000000_000001_gtFine_instanceIds.png":
+        "eb57780901f20b0c946315ac07ad86b38a9a39349f4a4cdd8c59e6ab04eb951d",
+    "gtFine/val/frankfurt/frankfurt_000000_000001_gtFine_labelTrainIds.png":
+        "96637384173858476b522e61020bfd072b09f27b567defae3364d17073784595",
+    "gtFine/val/frankfurt/frankfurt_000000_000001_gtFine_color.png":
+        "544d002c5771cabae8a1fa013a9f4f6b3d585d653b289666bee000b0ebd976ba",
+    "gtFine/cityscapes_panoptic_val/frankfurt_000000_000001_gtFine_panoptic.png":
+        "9f577640779e6e6e04a632b00ddcbde33e8a4631db1640055f0e547ca2e21b9d",
+    "gtFine/cityscapes_panoptic_val.json": "4a0b636a036034bfac65bd153a6560c1ba34e6bb47f8d8e35ed9d99e46917376",
+}
+
+
+def test_generated_bytes_match_pinned_sha256(tmp_path):
+    vk, vk_styles, cs = (str(tmp_path / n) for n in ("vk", "vk_styles", "cs"))
+    S.generate_vkitti2(vk, scenes=["Scene02"], variations=S.VKITTI2_VARIATIONS, cameras=[0, 1], frames=2,
+                       height=64, width=192, seed=0, frame_step=5)
+    S.generate_vkitti2(vk_styles, scenes=["Scene01", "Scene06", "Scene18", "Scene20"], variations=["clone"],
+                       cameras=[0], frames=1, height=48, width=160, seed=1)
+    S.generate_cityscapes(cs, splits={"train": 1, "val": 1}, frames=2, height=64, width=128, seed=0)
+
+    clone = os.path.join(vk, "Scene02", "clone")
+    assert {rel: _sha256(os.path.join(clone, rel)) for rel in _PINNED_VKITTI2_FRAME} == _PINNED_VKITTI2_FRAME
+    assert {rel: _sha256(os.path.join(cs, rel)) for rel in _PINNED_CITYSCAPES_FRAME} == _PINNED_CITYSCAPES_FRAME
+    assert _sha256(os.path.join(vk, "Scene02", "rain", "frames", "rgb", "Camera_1", "rgb_00005.jpg")) == (
+        "3626c4d2ef6c444dc879b0ec4fc66157daa0af160b8708d668fb7a76cf5f2b00")
+    assert _tree_sha256(vk) == "7a66ebe206ddb3cd3cca656891b2e62e09c0ba78b280f3de36335fe633ef7bdc"
+    assert _tree_sha256(vk_styles) == "6f8b021b1c955d832752409fb831d907e8a440e1d4d77062207cde4a707caf8a"
+    assert _tree_sha256(cs) == "452100dddf34b31f2ef58604d9b60e1dc35b6f94b977b98e83ce88ce5aa46b8a"
 
 
 @pytest.mark.parametrize("variation,camera", [("clone", 0), ("30-deg-right", 1)])

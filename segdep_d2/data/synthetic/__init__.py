@@ -1,0 +1,60 @@
+"""Procedural street scenes with exact metric depth, written in the real on-disk formats.
+
+Tests and demos need data that looks like Virtual KITTI 2 and Cityscapes *on disk* (DESIGN.md §3) without
+shipping either dataset. This package ray-casts simple 3D street scenes (ground plane, box buildings, poles,
+signs, lights, trees, guard rails, moving vehicles) with numpy, so depth, classes and instance ids are exact
+by construction, and writes them as the real datasets do:
+
+* :func:`render_frame` renders one frame in memory (:class:`SyntheticFrame`);
+* :func:`generate_vkitti2` writes the merged Virtual KITTI 2 layout;
+* :func:`generate_cityscapes` writes leftImg8bit / gtFine / disparity / camera and runs cityscapesscripts'
+  own panoptic conversion.
+
+Conventions. World frame: X right, Y *down* (ground is Y = 0, things above it have Y < 0), Z along the road.
+Cameras follow KITTI: x right, y down, z forward; a ray is ``C + s * D`` with ``D = R_cw @ [(u-cx)/fx,
+(v-cy)/fy, 1]``, so the ray parameter ``s`` *is* the z-depth stored by Virtual KITTI 2. Pixel centres sit on
+integer coordinates (KITTI's cx = 620.5 for 1242 columns).
+
+Modules, in pipeline order: :mod:`.constants` (dataset constants, class tables), :mod:`.primitives`,
+:mod:`.layout` and :mod:`.vehicles` (the scene), :mod:`.camera` (intrinsics, poses, rays), :mod:`.raycast`
+(G-buffer), :mod:`.noise`, :mod:`.ground`, :mod:`.materials` and :mod:`.shading` (colour), :mod:`.frame`
+(in-memory frames), :mod:`.encoding`, :mod:`.vkitti2_writer` and :mod:`.cityscapes_writer` (files).
+Everything is deterministic for a seed: the output is pinned byte for byte by tests/data/test_synthetic.py.
+"""
+
+from .camera import camera_pose, cityscapes_intrinsics, vkitti2_intrinsics
+from .cityscapes_writer import generate_cityscapes
+from .constants import (
+    CITYSCAPES_DEFAULT_SPLITS,
+    MAX_FRAMES,
+    SYNTHETIC_CLASSES,
+    VKITTI2_NAME_TO_TRAIN_ID,
+    VKITTI2_SCENES,
+    VKITTI2_VARIATIONS,
+)
+from .encoding import cityscapes_disparity_png, vkitti2_depth_png
+from .frame import SyntheticFrame, SyntheticTrack, render_frame
+from .layout import SceneLayout, build_scene
+from .vkitti2_writer import generate_vkitti2
+
+# The pre-package module's name for this table, still used by tests/data/test_synthetic.py.
+_VK_NAME_TO_TRAIN = VKITTI2_NAME_TO_TRAIN_ID
+
+__all__ = [
+    "VKITTI2_SCENES",
+    "VKITTI2_VARIATIONS",
+    "CITYSCAPES_DEFAULT_SPLITS",
+    "SYNTHETIC_CLASSES",
+    "SceneLayout",
+    "SyntheticTrack",
+    "SyntheticFrame",
+    "build_scene",
+    "vkitti2_intrinsics",
+    "cityscapes_intrinsics",
+    "camera_pose",
+    "render_frame",
+    "vkitti2_depth_png",
+    "cityscapes_disparity_png",
+    "generate_vkitti2",
+    "generate_cityscapes",
+]
