@@ -1,4 +1,5 @@
-"""segdep_d2: panoptic segmentation with per-segment metric depth, dense depth and text queries for detectron2.
+"""segdep_d2: panoptic segmentation with per-segment metric depth and dense depth for detectron2
+(Panoptic-DepthLab on Virtual KITTI 2, Cityscapes + disparity, or data registered generically).
 
 torch/torchvision and detectron2 are installed before this package (see Makefile and
 tools/install_detectron2.py): detectron2 is not on PyPI, so it cannot be an install_requires entry.
@@ -8,7 +9,7 @@ from setuptools import find_packages, setup
 setup(
     name="segdep_d2",
     version="0.1.0",
-    description="Depth-aware panoptic segmentation and text-driven segmentation for detectron2",
+    description="Panoptic segmentation with per-segment metric depth (Panoptic-DepthLab) for detectron2",
     packages=find_packages(include=["segdep_d2", "segdep_d2.*"]),
     python_requires=">=3.10",
     install_requires=[
@@ -16,7 +17,7 @@ setup(
         "numpy<2",
         # detectron2.model_zoo imports pkg_resources, which setuptools 81 removed.
         "setuptools<81",
-        "fvcore",
+        "fvcore>=0.1.5.post20221221",  # list-valued _BASE_ in configs/ (merged in order)
         "iopath",
         "pycocotools",
         "panopticapi-lite",  # provides the `panopticapi` module (panopticapi itself is not on PyPI)

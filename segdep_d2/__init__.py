@@ -1,8 +1,13 @@
 """segdep_d2: semantic + panoptic segmentation where every segment carries its distance in metres,
-dense monocular depth, and text-driven segmentation, as a detectron2 extension.
+and dense monocular depth, as a detectron2 extension.
 
-Importing the package registers its datasets (under ``$DETECTRON2_DATASETS``), meta-architectures,
-heads and backbones with detectron2's registries, once.
+What exists today: the ``PanopticDepthLab`` meta-architecture and its depth head, the builtin Virtual
+KITTI 2 and Cityscapes (+ disparity) datasets, a generic registration for other depth data, depth and
+depth-aware panoptic metrics. Builtin KITTI / NYUv2 names, other model families, text-driven
+segmentation and registered backbones are not implemented.
+
+Importing the package registers its datasets (under ``$DETECTRON2_DATASETS``), meta-architecture and
+depth head with detectron2's registries, once.
 """
 from .config import add_segdep_config
 from . import data  # noqa: F401  (registers datasets)

@@ -41,7 +41,7 @@ def add_segdep_config(cfg):
     cfg.TEST.DEPTH = CN()
     # The valid ground-truth range (min, max) in metres comes from the dataset's metadata
     # ``depth_range``, for the training mask and the metrics alike.
-    cfg.TEST.DEPTH.CROP = ""  # "", "garg" or "eigen" (KITTI evaluation crops)
+    cfg.TEST.DEPTH.CROP = ""  # "", "garg", "eigen" (KITTI evaluation crops) or "nyu" (NYUv2 crop)
     cfg.TEST.DEPTH.MEDIAN_SCALING = False
     # Depth-aware PQ thresholds on the relative depth error (ViP-DeepLab's lambda).
     cfg.TEST.DEPTH.DPQ_THRESHOLDS = [0.1, 0.25, 0.5]

@@ -5,22 +5,44 @@
    (``output/demo/datasets/vkitti2``; Scene20 is the held-out validation scene, as for VKITTI2);
 2. evaluate the untrained model, train the small CPU config within a time budget, evaluate again;
 3. draw a few validation frames (panoptic overlay with "class 12.3 m", depth, error);
-4. write ``output/demo/metrics.json`` and print the trained model beside the untrained one.
+4. write ``output/demo/metrics.json`` (every metric, per-class IoU included, with the commit, the date
+   and the settings: generator flags, schedule, iterations run, training seconds) and print the trained
+   model beside the untrained one; ``--record DIR`` also copies it to
+   ``DIR/demo_panoptic_depthlab_<YYYY-MM-DD>.json`` (e.g. ``--record benchmarks``).
 
-Re-running resumes training from the last checkpoint in ``output/demo/train`` (nothing is lost).
+The schedule (what decides ``SOLVER.MAX_ITER``):
 
-    python tools/demo.py [--output output/demo] [--max-iter 900] [--train-minutes 13] [KEY VALUE ...]
+* a fresh run measures one training step and trains ``--max-iter`` iterations (default 900), fewer if
+  they would not fit in ``--train-minutes`` (never fewer than 50 on a slow machine, unless
+  ``--max-iter`` asks for fewer); the schedule is saved in ``output/demo/train/schedule.json``;
+* re-running resumes training from the last checkpoint in ``output/demo/train`` (nothing is lost) and
+  keeps the saved schedule, unless ``--max-iter`` is given with another value: then that value
+  replaces the saved schedule (printed; it is not shortened to the budget, since the time-budget hook
+  checkpoints and stops each run and the next run resumes; the resumed poly learning rate is
+  stretched to end at the new length);
+* ``SOLVER.MAX_ITER`` given as a ``KEY VALUE`` override is refused with a message: use ``--max-iter``;
+* ``SOLVER.CHECKPOINT_PERIOD`` given as an override is used as given; otherwise it is a quarter of the
+  schedule (at least 50). Every other ``KEY VALUE`` override is applied to the config as given.
+
+    python tools/demo.py [--output output/demo] [--max-iter 900] [--train-minutes 13] [--record DIR] [KEY VALUE ...]
 """
 import argparse
+import datetime
 import json
+import math
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "projects/PanopticDepthLab/configs/Synthetic-PanopticDepth/panoptic_depthlab_R_18_os32_cpu.yaml")
 GENERATOR_FLAGS = ("scenes", "variations", "frames", "frame_step", "height", "width", "seed")
+DEFAULT_MAX_ITER = 900
+MIN_ITER = 50  # the budget never shortens the schedule below this (a slow machine still trains a little)
+RECORD_NAME = "demo_panoptic_depthlab_{date}.json"
 TABLE = (  # (column, result section, key, scale to a fraction)
     ("mIoU", "sem_seg", "mIoU", 0.01),
     ("PQ", "panoptic_depth", "PQ", 0.01),
@@ -31,7 +53,7 @@ TABLE = (  # (column, result section, key, scale to a fraction)
 )
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default=os.path.join(REPO, "output", "demo"))
     p.add_argument("--scenes", default="Scene01,Scene02,Scene06,Scene18,Scene20")
@@ -40,13 +62,96 @@ def parse_args():
     p.add_argument("--frame-step", type=int, default=12, help="every k-th frame of each drive")
     p.add_argument("--height", type=int, default=188)
     p.add_argument("--width", type=int, default=621)
-    p.add_argument("--max-iter", type=int, default=900, help="training iterations, if the time budget allows")
+    p.add_argument("--max-iter", type=int, default=None,
+                   help=f"training iterations (default {DEFAULT_MAX_ITER}); a fresh run shortens them to fit "
+                        "the time budget; on a re-run a new value replaces the saved schedule")
     p.add_argument("--train-minutes", type=float, default=13.0,
                    help="time budget for training: the schedule is shortened to fit it (measured speed)")
     p.add_argument("--num-vis", type=int, default=4, help="validation frames to draw")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the model config")
-    return p.parse_args()
+    p.add_argument("--record", metavar="DIR", default=None,
+                   help="also copy metrics.json to DIR/" + RECORD_NAME.format(date="<YYYY-MM-DD>")
+                        + " (e.g. --record benchmarks)")
+    p.add_argument("opts", nargs=argparse.REMAINDER,
+                   help="KEY VALUE overrides of the model config (not SOLVER.MAX_ITER: use --max-iter)")
+    args = p.parse_args(argv)
+    error = check_opts(args.opts)
+    if error:
+        p.error(error)
+    return args
+
+
+def opt_value(opts, key):
+    """The value given for ``key`` in detectron2-style ``KEY VALUE`` opts (the last one wins), or None."""
+    value = None
+    for k, v in zip(opts[::2], opts[1::2]):
+        if k == key:
+            value = v
+    return value
+
+
+def check_opts(opts):
+    """Why these ``KEY VALUE`` overrides cannot be used, or None when they can."""
+    if len(opts) % 2:
+        return f"config overrides come as KEY VALUE pairs, got an odd number: {' '.join(opts)}"
+    if "SOLVER.MAX_ITER" in opts[::2]:
+        return ("SOLVER.MAX_ITER is the demo's schedule: use --max-iter N instead (a fresh run fits it to "
+                "--train-minutes; on a re-run it replaces the saved schedule)")
+    return None
+
+
+def plan_schedule(max_iter_arg, saved, resuming, budget_s, measure_step):
+    """How many iterations to train, and the line that says why.
+
+    Args:
+        max_iter_arg: ``--max-iter`` as given on this command line, None when not given.
+        saved: the ``schedule.json`` of an earlier run (a dict), or None.
+        resuming: whether the training folder holds a checkpoint to resume from.
+        budget_s: the training time budget of this run, in seconds.
+        measure_step: ``() -> seconds`` of one training step; called only when a schedule is sized.
+
+    Returns:
+        (schedule, message): ``schedule`` is the dict to use and save (``max_iter``, ``asked``,
+        ``seconds_per_iter``, ``source`` = "measured", "resumed" or "replaced").
+    """
+    if resuming and saved is not None:
+        if max_iter_arg is None or max_iter_arg == saved["max_iter"]:
+            return dict(saved, source="resumed"), f"resuming the saved schedule of {saved['max_iter']} iterations"
+        schedule = dict(saved, max_iter=max_iter_arg, asked=max_iter_arg, source="replaced")
+        return schedule, (f"--max-iter {max_iter_arg} replaces the saved schedule of {saved['max_iter']} iterations "
+                          "(training resumes from the last checkpoint; the time budget still ends this run)")
+    asked = DEFAULT_MAX_ITER if max_iter_arg is None else max_iter_arg
+    step_s = measure_step()
+    # 5% margin: the measured step is a little slower than the trainer's steady pace, and
+    # time_budget_hook checkpoints and stops should the machine slow down anyway.
+    fits = int(0.95 * budget_s / step_s)
+    max_iter = min(asked, max(MIN_ITER, fits))
+    schedule = {"max_iter": max_iter, "asked": asked, "seconds_per_iter": step_s, "source": "measured"}
+    return schedule, (f"one training step takes {step_s:.2f} s here: training {max_iter} iterations "
+                      f"(asked {asked}, {fits} fit in the budget of {budget_s / 60:.0f} min)")
+
+
+def checkpoint_period(opts, max_iter):
+    """(period, message): a user's ``SOLVER.CHECKPOINT_PERIOD`` override, else a quarter of the schedule."""
+    given = opt_value(opts, "SOLVER.CHECKPOINT_PERIOD")
+    if given is not None:
+        return int(given), f"checkpointing every {int(given)} iterations (SOLVER.CHECKPOINT_PERIOD as given)"
+    period = max(MIN_ITER, max_iter // 4)
+    return period, f"checkpointing every {period} iterations (a quarter of the schedule, at least {MIN_ITER})"
+
+
+def fit_scheduler_to_schedule(scheduler, max_iter):
+    """Make a resumed LR scheduler end at ``max_iter``; returns the length it had, or None if unchanged.
+
+    Resuming restores the scheduler's state from the checkpoint, and DeepLab's ``WarmupPolyLR`` keeps
+    ``max_iters`` in that state: after a replaced schedule the poly decay would still end at the old
+    length (and fail past it). detectron2's own ``LRMultiplier`` does not store its length.
+    """
+    old = getattr(scheduler, "max_iters", None)
+    if old is None or old == max_iter:
+        return None
+    scheduler.max_iters = max_iter
+    return old
 
 
 def generate_data(args, datasets_root):
@@ -148,6 +253,86 @@ def table(rows):
     return "\n".join(lines)
 
 
+def git_commit(repo=REPO):
+    """(commit, clean): ``git rev-parse HEAD`` of ``repo`` and whether tracked files match it; (None, None)
+    outside a git checkout or without git."""
+    def git(*cmd):
+        return subprocess.run(["git", "-C", repo, *cmd], capture_output=True, text=True, timeout=30, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    try:
+        clean = not git("status", "--porcelain", "--untracked-files=no").strip()
+    except (OSError, subprocess.SubprocessError):
+        clean = None
+    return commit, clean
+
+
+def _json_safe(value):
+    """NaN / inf (e.g. IoU of a class absent from the ground truth) as null: metrics.json stays valid JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def build_report(*, args, schedule, checkpoint_every, iterations, iterations_this_run, train_seconds,
+                 untrained, trained, visualizations, torch_threads, commit, clean, now=None):
+    """Everything ``metrics.json`` holds: what was run (commit, date, settings) and every metric.
+
+    ``untrained`` / ``trained`` are the evaluators' results by section, kept whole: ``sem_seg`` holds
+    detectron2's per-class ``IoU-<class>`` and ``ACC-<class>`` beside mIoU.
+    """
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return _json_safe({
+        "commit": commit,
+        "worktree_clean": clean,
+        "date": now.isoformat(timespec="seconds"),
+        "config": os.path.relpath(CONFIG, REPO),
+        "config_overrides": list(args.opts),
+        "train_dataset": f"vkitti2_train (synthetic, {'/'.join(s for s in args.scenes.split(',') if s != 'Scene20')})",
+        "test_dataset": "vkitti2_val (synthetic, held-out Scene20)",
+        "generator": {k: getattr(args, k) for k in GENERATOR_FLAGS},
+        "settings": {
+            "max_iter_asked": args.max_iter,
+            "train_minutes": args.train_minutes,
+            "seed": args.seed,
+            "schedule": schedule,
+            "checkpoint_period": checkpoint_every,
+        },
+        "max_iter": schedule["max_iter"],
+        "iterations_trained": iterations,
+        "iterations_this_run": iterations_this_run,
+        "train_seconds_this_run": train_seconds,
+        "device": "cpu",
+        "torch_threads": torch_threads,
+        "untrained": untrained,
+        "trained": trained,
+        "visualizations": list(visualizations),
+    })
+
+
+def write_metrics(report, output_dir, record_dir=None):
+    """Write ``output_dir/metrics.json``; with ``record_dir``, copy it to
+    ``record_dir/demo_panoptic_depthlab_<YYYY-MM-DD>.json`` (the report's date). Returns the paths written."""
+    path = os.path.join(output_dir, "metrics.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2, allow_nan=False)
+        f.write("\n")
+    written = [path]
+    if record_dir:
+        os.makedirs(record_dir, exist_ok=True)
+        recorded = os.path.join(record_dir, RECORD_NAME.format(date=report["date"][:10]))
+        shutil.copyfile(path, recorded)
+        written.append(recorded)
+    return written
+
+
 def main():
     args = parse_args()
     datasets_root = os.path.join(args.output, "datasets")
@@ -179,22 +364,19 @@ def main():
     cfg.merge_from_file(CONFIG)
     cfg.merge_from_list(["OUTPUT_DIR", os.path.join(args.output, "train"), "SEED", str(args.seed), *args.opts])
     budget_s = args.train_minutes * 60.0
-    already_done = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
-    if already_done and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "schedule.json")):
-        max_iter = json.load(open(os.path.join(cfg.OUTPUT_DIR, "schedule.json")))["max_iter"]
-        print(f"[demo] resuming the schedule of {max_iter} iterations from {cfg.OUTPUT_DIR}")
-    else:
-        step_s = seconds_per_iteration(cfg)
-        # 5% margin: the measured step is a little slower than the trainer's steady pace, and
-        # time_budget_hook checkpoints and stops should the machine slow down anyway.
-        max_iter = max(50, min(args.max_iter, int(0.95 * budget_s / step_s)))
-        print(f"[demo] one training step takes {step_s:.2f} s here: training {max_iter} iterations "
-              f"(asked {args.max_iter}, budget {args.train_minutes:.0f} min)")
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        with open(os.path.join(cfg.OUTPUT_DIR, "schedule.json"), "w") as f:
-            json.dump({"max_iter": max_iter, "seconds_per_iter": step_s}, f)
+    schedule_path = os.path.join(cfg.OUTPUT_DIR, "schedule.json")
+    resuming = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    saved = json.load(open(schedule_path)) if os.path.isfile(schedule_path) else None
+    schedule, message = plan_schedule(args.max_iter, saved, resuming, budget_s, lambda: seconds_per_iteration(cfg))
+    print(f"[demo] {message}")
+    max_iter = schedule["max_iter"]
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    with open(schedule_path, "w") as f:
+        json.dump({k: v for k, v in schedule.items() if k != "source"}, f)
+    checkpoint_every, message = checkpoint_period(args.opts, max_iter)
+    print(f"[demo] {message}")
     cfg.SOLVER.MAX_ITER = max_iter
-    cfg.SOLVER.CHECKPOINT_PERIOD = max(50, max_iter // 4)
+    cfg.SOLVER.CHECKPOINT_PERIOD = checkpoint_every
     cfg.freeze()
 
     print("[demo] evaluating the untrained model on the held-out scene (vkitti2_val)")
@@ -204,11 +386,18 @@ def main():
     print(f"[demo] training on vkitti2_train ({len(DatasetCatalog.get('vkitti2_train'))} frames)")
     trainer = SegDepTrainer(cfg)
     trainer.resume_or_load(resume=True)
+    old_length = fit_scheduler_to_schedule(trainer.scheduler, max_iter)
+    if old_length is not None:
+        print(f"[demo] the resumed learning-rate schedule now ends at {max_iter} iterations (was {old_length})")
     trainer.register_hooks([time_budget_hook(budget_s)])
+    start_iter = trainer.start_iter
+    if start_iter >= max_iter:
+        print(f"[demo] the checkpoint in {cfg.OUTPUT_DIR} is already at iteration {start_iter} "
+              f"(schedule: {max_iter}): nothing to train")
     start = time.perf_counter()
     try:
         trainer.train()
-        iterations = max_iter
+        iterations = max(max_iter, start_iter)
     except TrainingBudgetReached as stop:
         iterations = stop.args[0]
         print(f"[demo] the {args.train_minutes:.0f}-minute training budget is spent: stopped after "
@@ -227,28 +416,19 @@ def main():
         mapper=DepthPanopticDatasetMapper(cfg, is_train=False),
     )
 
-    report = {
-        "config": os.path.relpath(CONFIG, REPO),
-        "config_overrides": args.opts,
-        "train_dataset": "vkitti2_train (synthetic, Scene01/02/06/18)",
-        "test_dataset": "vkitti2_val (synthetic, held-out Scene20)",
-        "generator": {k: getattr(args, k) for k in GENERATOR_FLAGS},
-        "max_iter": max_iter,
-        "iterations_trained": iterations,
-        "train_seconds_this_run": train_seconds,
-        "device": "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "untrained": untrained,
-        "trained": trained,
-        "visualizations": [os.path.relpath(p, args.output) for p in written],
-    }
-    with open(os.path.join(args.output, "metrics.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    commit, clean = git_commit()
+    report = build_report(
+        args=args, schedule=schedule, checkpoint_every=checkpoint_every, iterations=iterations,
+        iterations_this_run=iterations - start_iter, train_seconds=train_seconds, untrained=untrained,
+        trained=trained, visualizations=[os.path.relpath(p, args.output) for p in written],
+        torch_threads=torch.get_num_threads(), commit=commit, clean=clean,
+    )
+    paths = write_metrics(report, args.output, args.record)
     print()
     print(f"Panoptic-DepthLab (ResNet-18, CPU) on the held-out synthetic scene, {iterations} iterations:")
     print(table([("untrained", untrained), ("trained", trained)]))
     print("(mIoU, PQ, DPQ as fractions; AbsRel and segment AbsRel: lower is better; d1: higher is better)")
-    print(f"written: {os.path.join(args.output, 'metrics.json')} and {len(written)} images in "
+    print(f"written: {' and '.join(paths)}, and {len(written)} images in "
           f"{os.path.join(args.output, 'visualizations')}")
 
 

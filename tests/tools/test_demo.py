@@ -50,3 +50,128 @@ def test_budget_hook_counts_only_this_runs_steps_and_never_stops_the_last(demo, 
     hook.trainer.iter, clock[0] = 99, 1e6
     hook.after_step()
     assert hook.trainer.checkpointer.saved == []
+
+
+# ---- the schedule: what the user asked wins, and says so ----
+
+def _no_measure():
+    raise AssertionError("the step time is measured only when a schedule is sized")
+
+
+def test_max_iter_override_is_refused_with_a_pointer_to_the_flag(demo, capsys):
+    with pytest.raises(SystemExit):
+        demo.parse_args(["MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "10"])
+    assert "use --max-iter" in capsys.readouterr().err
+
+
+def test_other_overrides_and_max_iter_flag_pass(demo):
+    args = demo.parse_args(["--max-iter", "5", "--record", "benchmarks", "SOLVER.CHECKPOINT_PERIOD", "7"])
+    assert (args.max_iter, args.record, args.opts) == (5, "benchmarks", ["SOLVER.CHECKPOINT_PERIOD", "7"])
+    assert demo.parse_args([]).max_iter is None  # "not given" is distinguishable from the default
+
+
+def test_user_checkpoint_period_wins_over_the_computed_one(demo):
+    assert demo.checkpoint_period(["SOLVER.CHECKPOINT_PERIOD", "7"], 900)[0] == 7
+    assert demo.checkpoint_period(["MODEL.DEVICE", "cpu"], 900)[0] == 225
+    assert demo.checkpoint_period([], 120)[0] == 50
+
+
+def test_fresh_run_fits_the_asked_schedule_to_the_budget(demo):
+    schedule, message = demo.plan_schedule(None, None, False, 600.0, lambda: 1.0)
+    assert (schedule["max_iter"], schedule["asked"], schedule["source"]) == (570, 900, "measured")
+    assert "570" in message
+    assert demo.plan_schedule(100, None, False, 600.0, lambda: 1.0)[0]["max_iter"] == 100
+    # a slow machine still trains the minimum, but a user asking fewer gets fewer
+    assert demo.plan_schedule(None, None, False, 600.0, lambda: 100.0)[0]["max_iter"] == 50
+    assert demo.plan_schedule(10, None, False, 600.0, lambda: 100.0)[0]["max_iter"] == 10
+
+
+def test_rerun_keeps_the_saved_schedule_unless_max_iter_is_given(demo):
+    saved = {"max_iter": 812, "seconds_per_iter": 0.81}
+    for given in (None, 812):
+        schedule, message = demo.plan_schedule(given, saved, True, 780.0, _no_measure)
+        assert (schedule["max_iter"], schedule["source"]) == (812, "resumed")
+        assert "resuming" in message
+
+
+def test_rerun_with_a_new_max_iter_replaces_the_saved_schedule(demo):
+    saved = {"max_iter": 812, "seconds_per_iter": 0.81}
+    schedule, message = demo.plan_schedule(3000, saved, True, 780.0, _no_measure)
+    assert (schedule["max_iter"], schedule["source"]) == (3000, "replaced")
+    assert "--max-iter 3000 replaces the saved schedule of 812" in message
+    assert saved["max_iter"] == 812  # the caller's dict is not modified
+
+
+def test_a_schedule_without_checkpoint_is_sized_afresh(demo):
+    schedule, _ = demo.plan_schedule(None, {"max_iter": 812}, False, 600.0, lambda: 1.0)
+    assert (schedule["max_iter"], schedule["source"]) == (570, "measured")
+
+
+# ---- metrics.json: traceable, per-class IoU kept, optionally recorded ----
+
+def test_metrics_report_is_traceable_and_recorded(demo, tmp_path):
+    import datetime
+    import json
+
+    args = demo.parse_args(["--output", str(tmp_path), "--frames", "3", "--record", str(tmp_path / "bench"),
+                            "MODEL.DEVICE", "cpu"])
+    trained = {"sem_seg": {"mIoU": 30.7, "IoU-Car": 56.0, "IoU-TrafficLight": float("nan"), "ACC-Car": 70.0},
+               "depth": {"AbsRel": 0.23}}
+    schedule = {"max_iter": 812, "asked": 900, "seconds_per_iter": 0.81, "source": "measured"}
+    report = demo.build_report(
+        args=args, schedule=schedule, checkpoint_every=203, iterations=812, iterations_this_run=812,
+        train_seconds=780.5, untrained={"sem_seg": {"mIoU": 2.5}}, trained=trained,
+        visualizations=["visualizations/a.png"], torch_threads=2, commit="0" * 40, clean=True,
+        now=datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+    )
+    paths = demo.write_metrics(report, str(tmp_path), args.record)
+    assert paths == [str(tmp_path / "metrics.json"), str(tmp_path / "bench" / "demo_panoptic_depthlab_2025-01-02.json")]
+    with open(paths[0]) as f:
+        text = f.read()
+    assert "NaN" not in text  # strict JSON: a class absent from the ground truth has IoU null
+    written = json.loads(text)
+    with open(paths[1]) as f:
+        assert json.load(f) == written
+    assert written["trained"]["sem_seg"]["IoU-Car"] == 56.0
+    assert written["trained"]["sem_seg"]["IoU-TrafficLight"] is None
+    assert (written["commit"], written["worktree_clean"], written["date"]) == ("0" * 40, True, "2025-01-02T03:04:05+00:00")
+    assert written["generator"]["frames"] == 3
+    assert written["settings"]["schedule"] == schedule and written["settings"]["checkpoint_period"] == 203
+    assert (written["max_iter"], written["iterations_trained"], written["iterations_this_run"]) == (812, 812, 812)
+    assert written["train_seconds_this_run"] == 780.5
+    assert written["config_overrides"] == ["MODEL.DEVICE", "cpu"]
+
+
+def test_metrics_without_record_writes_only_metrics_json(demo, tmp_path):
+    report = {"date": "2025-01-02T00:00:00+00:00"}
+    assert demo.write_metrics(report, str(tmp_path)) == [str(tmp_path / "metrics.json")]
+    assert os.listdir(tmp_path) == ["metrics.json"]
+
+
+def test_git_commit_is_null_outside_a_checkout(demo, tmp_path):
+    assert demo.git_commit(str(tmp_path)) == (None, None)
+    if os.path.isdir(os.path.join(REPO_ROOT, ".git")):
+        commit, clean = demo.git_commit(REPO_ROOT)
+        assert len(commit) == 40 and isinstance(clean, bool)
+
+
+def test_a_replaced_schedule_reaches_the_resumed_lr_scheduler(demo):
+    import torch
+    from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR
+
+    def scheduler(max_iters):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        return WarmupPolyLR(optimizer, max_iters=max_iters, warmup_iters=0)
+
+    old = scheduler(3)
+    for _ in range(3):
+        old.optimizer.step()
+        old.step()
+    resumed = scheduler(5)
+    resumed.load_state_dict(old.state_dict())  # what resume_or_load does: the old length comes back
+    assert resumed.max_iters == 3
+    assert demo.fit_scheduler_to_schedule(resumed, 5) == 3
+    resumed.optimizer.step()
+    resumed.step()  # iteration 4 of 5: past the old length, this raised "math domain error"
+    assert 0.0 < resumed.get_last_lr()[0] < 1.0
+    assert demo.fit_scheduler_to_schedule(resumed, 5) is None
