@@ -28,6 +28,7 @@ setup(
         "Pillow",
         "matplotlib",
         "tabulate",
+        "tqdm",  # datasets/prepare_vkitti2.py's progress bar
         "tensorboard",
     ],
     extras_require={"test": ["pytest"]},

@@ -5,6 +5,7 @@ from detectron2.data import DatasetCatalog
 
 from .cityscapes_depth import register_all_cityscapes_depth
 from .vkitti2 import register_all_vkitti2
+from .vkitti2_prepared import register_all_vkitti2_prepared
 
 
 def register_all(datasets_root=None):
@@ -13,5 +14,6 @@ def register_all(datasets_root=None):
         return
     if datasets_root is None:
         datasets_root = os.getenv("DETECTRON2_DATASETS", "datasets")
-    register_all_vkitti2(datasets_root)
+    register_all_vkitti2(datasets_root)  # depth-aware names, VKITTI2's own label files
+    register_all_vkitti2_prepared(datasets_root)  # detectron2-standard views (prepare_vkitti2.py)
     register_all_cityscapes_depth(datasets_root)

@@ -2,7 +2,11 @@
 
 Records are exactly those of detectron2's ``cityscapes_fine_panoptic_<split>`` with
 ``depth_file_name`` (``disparity/<split>/<city>/*_disparity.png``, ``depth_format``
-``cityscapes_disparity``) and ``camera_file_name`` (``camera/<split>/<city>/*_camera.json``) added.
+``cityscapes_disparity``) and ``camera_file_name`` (``camera/<split>/<city>/*_camera.json``) added;
+the metadata carries detectron2's keys too (``panoptic_root``, ``panoptic_json``, ``gt_dir``,
+``label_divisor``, thing / stuff maps, ``evaluator_type "cityscapes_panoptic_seg"``), so detectron2's
+Cityscapes and COCO panoptic evaluators and its Panoptic-DeepLab mapper read these names as they
+read ``cityscapes_fine_panoptic_<split>``.
 """
 import os
 
@@ -13,6 +17,10 @@ from detectron2.data.datasets.cityscapes_panoptic import load_cityscapes_panopti
 from .metadata import depth_panoptic_metadata
 
 CITYSCAPES_DEPTH_RANGE = (1e-3, 80.0)
+# detectron2's own type for cityscapes_fine_panoptic_*: the build_evaluator of its projects
+# (Panoptic-DeepLab, Mask2Former, ...) then picks its Cityscapes and COCO panoptic evaluators.
+# segdep_d2's build_evaluators chooses from what records carry and does not read it.
+CITYSCAPES_EVALUATOR_TYPE = "cityscapes_panoptic_seg"
 _SPLITS = ("train", "val")
 
 
@@ -58,5 +66,11 @@ def register_all_cityscapes_depth(datasets_root):
             name, lambda x=image_dir, y=gt_dir, z=gt_json: load_cityscapes_panoptic_depth(x, y, z, meta)
         )
         MetadataCatalog.get(name).set(
-            image_root=image_dir, panoptic_root=gt_dir, panoptic_json=gt_json, **meta
+            image_root=image_dir,
+            panoptic_root=gt_dir,
+            panoptic_json=gt_json,
+            # gtFine/<split>: detectron2's CityscapesSemSegEvaluator / CityscapesInstanceEvaluator
+            # glob *_gtFine_labelIds.png / *_gtFine_instanceIds.png under it
+            gt_dir=os.path.join(datasets_root, "cityscapes", "gtFine", split),
+            **dict(meta, evaluator_type=CITYSCAPES_EVALUATOR_TYPE),
         )

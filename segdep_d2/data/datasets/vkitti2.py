@@ -23,6 +23,9 @@ VKITTI2_VARIATIONS = (
     "clone", "fog", "morning", "overcast", "rain", "sunset",
 )
 VKITTI2_VAL_SCENES = ("Scene20",)
+VKITTI2_TRAIN_SCENES = tuple(s for s in VKITTI2_SCENES if s not in VKITTI2_VAL_SCENES)
+# the default split of every builtin name: split -> scenes (Scene20 held out)
+VKITTI2_SPLITS = {"train": VKITTI2_TRAIN_SCENES, "val": VKITTI2_VAL_SCENES}
 VKITTI2_DEPTH_RANGE = (1e-3, 80.0)
 
 # frame kind (lower case) -> (dataset dict key, file name pattern)
@@ -179,11 +182,12 @@ def register_vkitti2(name, root, scenes=VKITTI2_SCENES, variations=VKITTI2_VARIA
 
 
 def register_all_vkitti2(datasets_root):
-    """``vkitti2_{train,val}`` (all variations) and ``vkitti2_<variation>_{train,val}``."""
+    """``vkitti2_{train,val}`` (all variations) and ``vkitti2_<variation>_{train,val}``: the
+    depth-aware names, whose records point at VKITTI2's own colour / palette label PNGs
+    (``label_format "vkitti2"``, decoded by segdep_d2's readers). The detectron2-standard views
+    ``vkitti2_sem_seg_*`` / ``vkitti2_panoptic_*`` are in :mod:`.vkitti2_prepared`."""
     root = os.path.join(datasets_root, "vkitti2")
-    train_scenes = tuple(s for s in VKITTI2_SCENES if s not in VKITTI2_VAL_SCENES)
-    splits = {"train": train_scenes, "val": VKITTI2_VAL_SCENES}
-    for split, scenes in splits.items():
+    for split, scenes in VKITTI2_SPLITS.items():
         register_vkitti2(f"vkitti2_{split}", root, scenes, VKITTI2_VARIATIONS)
         for variation in VKITTI2_VARIATIONS:
             register_vkitti2(f"vkitti2_{variation}_{split}", root, scenes, (variation,))
