@@ -160,3 +160,58 @@ def test_load_panoptic_deeplab_checkpoint(tmp_path, caplog, kind):
     for k, v in model.depth_head.state_dict().items():
         assert torch.equal(v, fresh_depth[k]), f"depth head must start fresh: {k}"
     assert "depth_head" in caplog.text  # the missing keys are reported
+
+
+def test_instances_equal_detectron2_panoptic_deeplab(monkeypatch):
+    """PREDICT_INSTANCES: our vectorised instance extraction gives what detectron2's
+    PanopticDeepLab (its per-segment loop) gives, on the same network outputs."""
+    cfg = load_cfg(CPU_CONFIG, "MODEL.PANOPTIC_DEEPLAB.PREDICT_INSTANCES", "True", "MODEL.PANOPTIC_DEEPLAB.STUFF_AREA", "1")
+    ours = build_model(cfg).eval()
+    stock_cfg = cfg.clone()
+    stock_cfg.MODEL.META_ARCHITECTURE = "PanopticDeepLab"
+    stock = build_model(stock_cfg).eval()
+    # crafted outputs at the padded 64 x 160 size: road everywhere, two cars (class 10 is a thing)
+    h, w = 64, 160
+    thing = sorted(ours.thing_ids)[0]
+    sem = torch.full((1, 14, h, w), -5.0)
+    sem[:, 0] = 5.0
+    centers = torch.zeros(1, 1, h, w)
+    offsets = torch.zeros(1, 2, h, w)
+    for (y0, y1, x0, x1), score in (((10, 30, 20, 60), 0.9), ((35, 60, 90, 150), 0.6)):
+        sem[:, thing, y0:y1, x0:x1] = 6.0 + score
+        cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+        centers[0, 0, cy, cx] = score
+        ys, xs = torch.meshgrid(torch.arange(y0, y1), torch.arange(x0, x1), indexing="ij")
+        offsets[0, 0, y0:y1, x0:x1] = cy - ys
+        offsets[0, 1, y0:y1, x0:x1] = cx - xs
+    for model in (ours, stock):
+        monkeypatch.setattr(model.sem_seg_head, "forward", lambda features, *a, **k: (sem, {}))
+        monkeypatch.setattr(model.ins_embed_head, "forward", lambda features, *a, **k: (centers, offsets, {}, {}))
+    inputs = [{"image": _image(h, w), "height": h, "width": w}]
+    with torch.no_grad():
+        mine = ours(inputs)[0]["instances"]
+        theirs = stock(inputs)[0]["instances"]
+    assert len(mine) == len(theirs) == 2
+    assert torch.equal(mine.pred_classes, theirs.pred_classes)
+    assert torch.equal(mine.pred_masks, theirs.pred_masks)
+    assert torch.allclose(mine.scores, theirs.scores, rtol=1e-5)
+    assert torch.equal(mine.pred_boxes.tensor, theirs.pred_boxes.tensor)
+
+
+def test_model_flags_sky_and_out_of_range_segments():
+    """PanopticDepthLab.segments_info: depth_valid is False for classes_without_depth and for a
+    median outside the dataset's depth_range, True otherwise."""
+    from detectron2.data import MetadataCatalog
+
+    cfg = load_cfg()
+    model = build_model(cfg)
+    meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+    sky = meta.stuff_classes.index("Sky")
+    road = meta.stuff_classes.index("Road")
+    ids = torch.tensor([[sky * 1000, sky * 1000, road * 1000, road * 1000]])
+    depth = torch.tensor([[49.5, 49.5, 7.0, 7.0]])
+    info = {s["category_id"]: s for s in model.segments_info(ids, depth)}
+    assert info[sky]["depth_valid"] is False and info[sky]["depth"] == pytest.approx(49.5)
+    assert info[road]["depth_valid"] is True
+    far = model.segments_info(torch.full((1, 2), road * 1000), torch.full((1, 2), 80.0))
+    assert far[0]["depth_valid"] is False  # at the range's upper bound: outside (exclusive)

@@ -1,41 +1,161 @@
-"""tools/benchmark.py on a tiny input: every variant timed, ratios consistent with the medians."""
+"""tools/benchmark.py on a tiny input: every variant timed, ratios and their spread consistent with
+the recorded latencies, the default config found from any folder, sizes below the training crop."""
 import json
 import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CPU_CONFIG = os.path.join(
+    REPO_ROOT, "projects/PanopticDepthLab/configs/Synthetic-PanopticDepth/panoptic_depthlab_R_18_os32_cpu.yaml"
+)
+CITYSCAPES_CONFIG = "projects/PanopticDepthLab/configs/Cityscapes-PanopticDepth/panoptic_depthlab_R_52_os16_mg124_poly_90k_bs32_crop_512_1024.yaml"
+VARIANTS = ("panoptic_depthlab", "panoptic_deeplab", "two_networks")
 
 
-def test_benchmark_writes_latencies_memory_and_ratios(benchmark_tool, tmp_path):
+def _check_spread(stats, values):
+    """A variant's (or ratio's) recorded spread against numpy on the recorded values."""
+    q1, median, q3 = np.percentile(values, [25, 50, 75])  # linear interpolation, as the tool's
+    assert stats["min"] == min(values) and stats["max"] == max(values)
+    assert stats["median"] == pytest.approx(median)
+    assert stats["q1"] == pytest.approx(q1) and stats["q3"] == pytest.approx(q3)
+    assert stats["iqr"] == pytest.approx(q3 - q1)
+    assert stats["min"] <= stats["q1"] <= stats["median"] <= stats["q3"] <= stats["max"]
+
+
+def test_benchmark_writes_latencies_spread_memory_and_ratios(benchmark_tool, tmp_path):
     out = tmp_path / "bench.json"
-    config = os.path.join(
-        REPO_ROOT, "projects/PanopticDepthLab/configs/Synthetic-PanopticDepth/panoptic_depthlab_R_18_os32_cpu.yaml"
-    )
     benchmark_tool.main(
-        ["--config", config, "--height", "64", "--width", "128", "--runs", "2", "--warmup", "1",
+        ["--config", CPU_CONFIG, "--height", "64", "--width", "128", "--runs", "5", "--warmup", "1",
          "--threads", "1", "--device", "cpu", "--output", str(out)]
     )
     report = json.loads(out.read_text())
-    assert report["settings"]["height"] == 64 and report["device"].startswith("cpu")
-    for name in ("panoptic_depthlab", "panoptic_deeplab", "two_networks", "segment_depths"):
-        assert len(report["latency_ms"][name]) == 2
+    assert report["settings"]["height"] == 64 and report["settings"]["runs"] == 5 and report["device"].startswith("cpu")
+    assert report["settings"]["config"] == os.path.relpath(CPU_CONFIG, REPO_ROOT)
+    lat = report["latency_ms"]
+    for name in (*VARIANTS, "segment_depths"):
+        assert len(lat[name]) == 5
         assert report["median_ms"][name] > 0
+        assert report["median_ms"][name] == report["latency_stats_ms"][name]["median"]
+        _check_spread(report["latency_stats_ms"][name], lat[name])
     m, r = report["median_ms"], report["ratios"]
     assert r["vs_panoptic_deeplab"] == pytest.approx(m["panoptic_depthlab"] / m["panoptic_deeplab"])
     assert r["vs_two_networks"] == pytest.approx(m["panoptic_depthlab"] / m["two_networks"])
     assert r["segment_depth_fraction"] == pytest.approx(m["segment_depths"] / m["panoptic_depthlab"])
+
+    pairs = {"vs_panoptic_deeplab": ("panoptic_depthlab", "panoptic_deeplab"),
+             "vs_two_networks": ("panoptic_depthlab", "two_networks"),
+             "segment_depth_fraction": ("segment_depths", "panoptic_depthlab")}
+    for key, (num, den) in pairs.items():
+        spread = report["ratio_spread"][key]
+        paired = [a / b for a, b in zip(lat[num], lat[den])]  # repetition i of each variant is a pair
+        assert spread["paired"] == pytest.approx(paired)
+        assert spread["ratio_of_medians"] == r[key]
+        _check_spread({k[len("paired_"):]: v for k, v in spread.items() if k.startswith("paired_") and k != "paired"},
+                      paired)
+    for key in ("vs_panoptic_deeplab", "vs_two_networks"):
+        spread = report["ratio_spread"][key]
+        expected = spread["paired_q1"] > 1 if r[key] > 1 else spread["paired_q3"] < 1
+        assert spread["spread_narrower_than_difference"] is bool(expected)
+    assert "spread_narrower_than_difference" not in report["ratio_spread"]["segment_depth_fraction"]
+    flagged = [k for k, s in report["ratio_spread"].items() if s.get("spread_narrower_than_difference") is False]
+    assert report["spread_narrower_than_difference"] is (not flagged)
+    assert len(report["warnings"]) == len(flagged)
+
     memory = report["peak_memory_mb"]
     # at least the input image (3 x 64 x 128 floats) is allocated by every variant
-    assert all(memory[name] > 3 * 64 * 128 * 4 / 2**20 for name in ("panoptic_depthlab", "panoptic_deeplab", "two_networks"))
+    assert all(memory[name] > 3 * 64 * 128 * 4 / 2**20 for name in VARIANTS)
+
+
+def test_ratio_spread_by_hand(benchmark_tool):
+    narrow = benchmark_tool.ratio_spread([110, 120, 130, 140], [100, 100, 100, 100], True)
+    assert narrow["ratio_of_medians"] == pytest.approx(1.25)
+    assert narrow["paired"] == pytest.approx([1.1, 1.2, 1.3, 1.4])
+    assert (narrow["paired_min"], narrow["paired_max"]) == pytest.approx((1.1, 1.4))
+    assert (narrow["paired_q1"], narrow["paired_q3"]) == pytest.approx((1.175, 1.325))
+    assert narrow["spread_narrower_than_difference"] is True
+    # ratio of medians 1.125, but the paired ratios 0.8, 0.95, 1.3, 1.5 have IQR [0.9125, 1.35] around 1.0
+    wide = benchmark_tool.ratio_spread([80, 95, 130, 150], [100, 100, 100, 100], True)
+    assert wide["ratio_of_medians"] == pytest.approx(1.125)
+    assert (wide["paired_q1"], wide["paired_q3"]) == pytest.approx((0.9125, 1.35))
+    assert wide["spread_narrower_than_difference"] is False
+    faster = benchmark_tool.ratio_spread([70, 80, 90, 95], [100, 100, 100, 100], True)
+    assert faster["spread_narrower_than_difference"] is True
+    one = benchmark_tool.ratio_spread([5.0], [4.0], False)
+    assert one["paired_iqr"] == 0 and one["paired_median"] == 1.25 and "spread_narrower_than_difference" not in one
+    # a single pair has no spread: it cannot back a claimed difference
+    assert benchmark_tool.ratio_spread([5.0], [4.0], True)["spread_narrower_than_difference"] is False
+
+
+def test_a_registered_family_and_the_spread_warning(benchmark_tool, monkeypatch, tmp_path, capsys):
+    """--model is a registry: a new family benchmarks through the same loop. Scripted latencies
+    whose paired ratios straddle 1.0 are flagged in the JSON and on the console."""
+    family = benchmark_tool.BenchmarkFamily(
+        default_config=os.path.relpath(CPU_CONFIG, REPO_ROOT),
+        variants=("mine", "theirs"),
+        build=lambda cfg: {"mine": lambda inputs: "m", "theirs": lambda inputs: "t"},
+        ratios={"vs_theirs": ("mine", "theirs")},
+        compared_to_one=("vs_theirs",),
+    )
+    monkeypatch.setitem(benchmark_tool.BENCHMARKS, "toy", family)
+    script = iter([80, 100, 95, 100, 130, 100, 150, 100])  # mine, theirs, mine, theirs, ...
+    monkeypatch.setattr(benchmark_tool, "time_call", lambda fn, device: (next(script), fn()))
+    out = tmp_path / "toy.json"
+    report = benchmark_tool.main(["--model", "toy", "--runs", "4", "--warmup", "0", "--device", "cpu",
+                                  "--skip-memory", "--output", str(out)])
+    assert report == json.loads(out.read_text())
+    assert report["model"] == "toy" and report["latency_ms"] == {"mine": [80, 95, 130, 150], "theirs": [100] * 4}
+    assert report["ratios"]["vs_theirs"] == pytest.approx(1.125)
+    assert report["spread_narrower_than_difference"] is False
+    assert report["ratio_spread"]["vs_theirs"]["spread_narrower_than_difference"] is False
+    assert len(report["warnings"]) == 1 and "vs_theirs" in report["warnings"][0]
+    assert "WARNING: vs_theirs" in capsys.readouterr().out
+
+
+def test_benchmark_runs_from_another_folder_with_the_default_config(tmp_path):
+    """The default config (Cityscapes R52, crop 512x1024) is found from any working directory, and
+    runs at 64x128, below its ASPP pooling kernel (all variants, the stock baseline included)."""
+    out = tmp_path / "bench.json"
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "tools", "benchmark.py"), "--height", "64", "--width", "128",
+         "--runs", "1", "--warmup", "0", "--threads", "1", "--device", "cpu", "--skip-memory", "--output", str(out)],
+        cwd=cwd, check=True, capture_output=True, text=True, timeout=300,
+    )
+    report = json.loads(out.read_text())
+    assert report["settings"]["config"] == CITYSCAPES_CONFIG
+    assert all(len(report["latency_ms"][name]) == 1 for name in VARIANTS)
+    assert report["ratio_spread"]["vs_panoptic_deeplab"]["paired_iqr"] == 0
+    assert report["spread_narrower_than_difference"] is False  # one repetition: flagged, not claimed
+    assert all("single repetition" in w for w in report["warnings"]) and len(report["warnings"]) == 2
+
+
+def test_benchmark_below_the_training_crop_size(benchmark_tool, tmp_path):
+    """A cropped-training config (crop 128x256 at OS32: ASPP pooling kernel 4x8) timed at 64x128,
+    where detectron2's ASPP raises: every variant's ASPPs pool globally."""
+    args = benchmark_tool.get_parser().parse_args(
+        ["--config", CPU_CONFIG, "--height", "64", "--width", "128", "--runs", "1", "--warmup", "0",
+         "--threads", "1", "--device", "cpu", "--skip-memory", "--output", str(tmp_path / "b.json"),
+         "INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "absolute", "INPUT.CROP.SIZE", "(128, 256)"]
+    )
+    report = benchmark_tool.benchmark(args)
+    assert all(len(report["latency_ms"][name]) == 1 for name in VARIANTS)
+    from detectron2.layers import ASPP
+    from segdep_d2.modeling import ImagePooling2d
+
+    runners = benchmark_tool.build_variants(benchmark_tool.setup_cfg(args))
+    stock = runners["panoptic_deeplab"]
+    pools = [m.convs[-1][0] for m in stock.modules() if isinstance(m, ASPP)]
+    assert len(pools) == 2 and all(isinstance(p, ImagePooling2d) and p.kernel_size == (4, 8) for p in pools)
 
 
 def test_benchmark_ignores_config_weight_urls(benchmark_tool):
     """The R52 configs name detectron2:// ImageNet weights; timing must not try to download them."""
-    config = os.path.join(
-        REPO_ROOT,
-        "projects/PanopticDepthLab/configs/Cityscapes-PanopticDepth/panoptic_depthlab_R_52_os16_mg124_poly_90k_bs32_crop_512_1024.yaml",
-    )
+    config = os.path.join(REPO_ROOT, CITYSCAPES_CONFIG)
     args = benchmark_tool.argparse.Namespace(config=config, device="cpu", opts=[])
     assert benchmark_tool.setup_cfg(args).MODEL.WEIGHTS == ""
     args.opts = ["MODEL.WEIGHTS", "/tmp/mine.pth"]

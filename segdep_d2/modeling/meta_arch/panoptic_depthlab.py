@@ -13,6 +13,7 @@ from detectron2.structures import BitMasks, ImageList, Instances
 from torch.nn import functional as F
 
 from ...evaluation.panoptic_depth_metrics import segment_depths
+from ..aspp import adapt_aspp_pooling
 from ..heads.depth_head import build_depth_head
 
 __all__ = ["PanopticDepthLab"]
@@ -31,13 +32,21 @@ class PanopticDepthLab(PanopticDeepLab):
 
     Inference output per image: ``sem_seg`` (C, H, W), ``depth`` (H, W) metres and
     ``panoptic_seg = (ids, segments_info)`` where every segment has ``id``, ``category_id``,
-    ``isthing``, ``area``, ``depth`` (mean predicted depth over its pixels) and ``depth_median``.
+    ``isthing``, ``area``, ``depth`` (mean predicted depth over its pixels), ``depth_median`` and
+    ``depth_valid``: False for classes the dataset has no distance for (metadata
+    ``classes_without_depth``, e.g. sky) and for segments whose median lies outside the dataset's
+    ``depth_range``; such a distance is the network's guess where it was never supervised.
     """
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.depth_head = build_depth_head(cfg, self.backbone.output_shape())
+        adapt_aspp_pooling(self)  # the three decoders' ASPPs run below the training crop size
         self.thing_ids = set(self.meta.thing_dataset_id_to_contiguous_id.values())
+        names = self.meta.get("stuff_classes", [])
+        without_depth = set(self.meta.get("classes_without_depth", []))
+        self.categories_without_depth = {i for i, name in enumerate(names) if name in without_depth}
+        self.depth_range = tuple(self.meta.get("depth_range", (cfg.MODEL.DEPTH_HEAD.MIN_DEPTH, cfg.MODEL.DEPTH_HEAD.MAX_DEPTH)))
 
     def _size_divisibility(self):
         return self.size_divisibility if self.size_divisibility > 0 else self.backbone.size_divisibility
@@ -145,12 +154,15 @@ class PanopticDepthLab(PanopticDeepLab):
         """One dict per segment with its class and distance (one vectorised pass over pixels)."""
         stats = segment_depths(panoptic_image, depth, void_ids=(-1,))
         divisor = self.meta.label_divisor
+        lo, hi = self.depth_range
         return [
             {
                 "id": int(seg_id),
                 "category_id": int(seg_id) // divisor,
                 "isthing": int(seg_id) // divisor in self.thing_ids,
                 **values,
+                "depth_valid": int(seg_id) // divisor not in self.categories_without_depth
+                and lo < values["depth_median"] < hi,
             }
             for seg_id, values in stats.items()
         ]
