@@ -29,6 +29,7 @@ setup(
         "matplotlib",
         "tabulate",
         "tqdm",  # datasets/prepare_vkitti2.py's progress bar
+        "h5py",  # datasets/prepare_nyuv2.py reads the MATLAB v7.3 (HDF5) nyu_depth_v2_labeled.mat
         "tensorboard",
     ],
     extras_require={"test": ["pytest"]},

@@ -39,3 +39,14 @@ def synthetic_cityscapes(tmp_path_factory):
     root = os.path.join(str(tmp_path_factory.mktemp("datasets")), "cityscapes")
     summary = generate_cityscapes(root, splits={"train": 1, "val": 1}, frames=2, height=64, width=128, seed=0)
     return root, summary
+
+
+@pytest.fixture(scope="session")
+def synthetic_kitti(tmp_path_factory):
+    """A tiny synthetic dataset in the KITTI layout at ``<tmp>/datasets/kitti`` (depth benchmark with raw
+    images, data_semantics with its prepared train-id PNGs, eigen_test_files.txt) and its summary."""
+    from segdep_d2.data.synthetic import generate_kitti
+
+    root = os.path.join(str(tmp_path_factory.mktemp("datasets")), "kitti")
+    summary = generate_kitti(root, frames=3, semantic_frames=2, height=64, width=212, seed=0)
+    return root, summary

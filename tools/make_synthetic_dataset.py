@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""Write a procedural street-scene dataset in the real Virtual KITTI 2 or Cityscapes on-disk layout.
+"""Write a procedural street-scene dataset in the real Virtual KITTI 2, Cityscapes or KITTI on-disk layout.
 
     python tools/make_synthetic_dataset.py --format vkitti2 --out datasets/synthetic_vkitti2
     python tools/make_synthetic_dataset.py --format cityscapes --out datasets/synthetic_cityscapes \\
         --splits train:2,val:1 --frames 3
+    python tools/make_synthetic_dataset.py --format kitti --out datasets/kitti
 
-Point a dataset root (e.g. ``$DETECTRON2_DATASETS/vkitti2``) at the output to exercise the real loaders.
+Point a dataset root (e.g. ``$DETECTRON2_DATASETS/vkitti2``) at the output to exercise the real loaders; for
+KITTI name the output folder ``kitti`` and point ``$DETECTRON2_DATASETS`` at its parent: ``kitti_depth_*`` and
+``kitti_sem_seg_train`` then read it (the semantics' train-id PNGs are prepared as a user would).
 """
 import argparse
 import os
@@ -17,24 +20,31 @@ except ImportError:  # run from a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from segdep_d2.data import synthetic
 
-_DEFAULT_SIZE = {"vkitti2": (188, 621), "cityscapes": (256, 512)}  # half / quarter of the real resolution
+# half / quarter of the real resolution
+_DEFAULT_SIZE = {"vkitti2": (188, 621), "cityscapes": (256, 512), "kitti": (188, 621)}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--format", required=True, choices=("vkitti2", "cityscapes"))
+    p.add_argument("--format", required=True, choices=("vkitti2", "cityscapes", "kitti"))
     p.add_argument("--out", required=True, help="output root (created if missing)")
     p.add_argument("--scenes", default=",".join(synthetic.VKITTI2_SCENES), help="vkitti2: comma-separated scenes")
     p.add_argument("--variations", default="clone",
                    help="vkitti2: comma-separated variations, or 'all' (%s)" % " ".join(synthetic.VKITTI2_VARIATIONS))
     p.add_argument("--cameras", default="0", help="vkitti2: comma-separated camera ids (0 = left, 1 = right)")
     p.add_argument("--splits", default="train:2,val:1", help="cityscapes: sequences per split, e.g. train:2,val:1")
+    p.add_argument("--drives", default="train:2011_09_26_drive_0001_sync,val:2011_09_26_drive_0002_sync",
+                   help="kitti: drives per depth split ('+' between drives of a split), e.g. "
+                        "train:2011_09_26_drive_0001_sync+2011_09_28_drive_0001_sync,val:2011_09_26_drive_0002_sync "
+                        "(the val drives are also listed in eigen_test_files.txt)")
+    p.add_argument("--semantic-frames", type=int, default=4, help="kitti: images in data_semantics/training")
     p.add_argument("--frames", type=int, default=None,
-                   help="frames per scene/variation (vkitti2, default 10) or per sequence (cityscapes, default 3)")
+                   help="frames per scene/variation (vkitti2, default 10), per sequence (cityscapes, default 3) "
+                        "or per drive (kitti, default 6; the first has no ground truth, as in KITTI)")
     p.add_argument("--frame-step", type=int, default=1,
                    help="vkitti2: write every k-th frame of the drive (more distinct views per file)")
-    p.add_argument("--height", type=int, default=None, help="default: 188 (vkitti2) / 256 (cityscapes)")
-    p.add_argument("--width", type=int, default=None, help="default: 621 (vkitti2) / 512 (cityscapes)")
+    p.add_argument("--height", type=int, default=None, help="default: 188 (vkitti2, kitti) / 256 (cityscapes)")
+    p.add_argument("--width", type=int, default=None, help="default: 621 (vkitti2, kitti) / 512 (cityscapes)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -66,6 +76,10 @@ def main(argv=None):
         summary = synthetic.generate_vkitti2(
             args.out, scenes=_split_list(args.scenes), variations=variations, cameras=_split_list(args.cameras),
             frames=args.frames or 10, height=height, width=width, seed=args.seed, frame_step=args.frame_step)
+    elif args.format == "kitti":
+        summary = synthetic.generate_kitti(
+            args.out, drives=args.drives, frames=args.frames or 6, semantic_frames=args.semantic_frames,
+            height=height, width=width, seed=args.seed)
     else:
         summary = synthetic.generate_cityscapes(
             args.out, splits=args.splits, frames=args.frames or 3, height=height, width=width, seed=args.seed)

@@ -7,6 +7,11 @@ Two layouts exist:
   (Cityscapes, COCO, anything registered through ``register_depth_panoptic_dataset``).
 * ``label_format == "vkitti2"``: Virtual KITTI 2's own files, a colour ``classgt`` PNG decoded
   through ``colors.txt`` and a palette ``instancegt`` PNG holding trackID + 1.
+* ``label_format == "cityscapes_label_ids"``: a single-channel PNG of Cityscapes *label ids*
+  (``*_gtFine_labelIds.png``, KITTI ``data_semantics/.../semantic/*.png``), mapped to the 19 train
+  ids (255 = ignore) through cityscapesscripts' label table. detectron2's stock readers would take
+  these ids for classes: registered datasets hand out prepared trainId PNGs instead (see
+  ``datasets/kitti.py``); this case is what the preparation reads with.
 
 ``read_sem_seg`` and ``read_panoptic`` give both the same shape, so mappers and evaluators never
 care which one a dataset uses.
@@ -25,7 +30,14 @@ from .datasets.vkitti2_categories import (
     VKITTI2_VOID_COLOR,
 )
 
-__all__ = ["LabelFormatError", "has_panoptic", "read_sem_seg", "read_panoptic", "read_vkitti2_colors"]
+__all__ = [
+    "LabelFormatError",
+    "has_panoptic",
+    "read_sem_seg",
+    "read_panoptic",
+    "read_vkitti2_colors",
+    "cityscapes_label_id_to_train_id",
+]
 
 
 class LabelFormatError(ValueError):
@@ -99,11 +111,39 @@ def _read_vkitti2_track_ids(path: str, shape) -> np.ndarray:
     return values  # trackID + 1, 0 = no vehicle
 
 
+@lru_cache(maxsize=1)
+def cityscapes_label_id_to_train_id() -> np.ndarray:
+    """(256,) uint8 lookup table label id -> train id from cityscapesscripts' ``labels``; 255 where
+    the label is ignored in training (trainId 255 or -1) or where no label has that id."""
+    from cityscapesscripts.helpers.labels import labels  # only Cityscapes-id datasets need it
+
+    lut = np.full(256, 255, dtype=np.uint8)
+    for label in labels:
+        if 0 <= label.id < 256 and 0 <= label.trainId < 255:
+            lut[label.id] = label.trainId
+    lut.flags.writeable = False
+    return lut
+
+
+def _decode_cityscapes_label_ids(path: str) -> np.ndarray:
+    with _open(path, "Cityscapes label-id") as im:
+        if im.mode not in ("L", "P"):
+            raise LabelFormatError(
+                f"{path}: expected an 8-bit single-channel PNG of Cityscapes label ids, got mode {im.mode}"
+                + (" (an instance PNG? those hold labelId * 256 + instance)" if im.mode.startswith("I") else "")
+            )
+        label_ids = np.asarray(im, dtype=np.uint8)
+    return cityscapes_label_id_to_train_id()[label_ids]
+
+
 def read_sem_seg(dataset_dict) -> np.ndarray:
     """Contiguous class ids (uint8, H x W), ``ignore_label`` (255) where void."""
     path = dataset_dict["sem_seg_file_name"]
-    if dataset_dict.get("label_format") == "vkitti2":
+    label_format = dataset_dict.get("label_format")
+    if label_format == "vkitti2":
         return _decode_vkitti2_classgt(path, dataset_dict["colors_file_name"])
+    if label_format == "cityscapes_label_ids":
+        return _decode_cityscapes_label_ids(path)
     with _open(path, "Semantic label") as im:
         if im.mode not in ("L", "P", "I", "I;16"):
             raise LabelFormatError(f"{path}: expected a single-channel label PNG, got mode {im.mode}")

@@ -1,6 +1,17 @@
 from .builtin import register_all
 from .cityscapes_depth import load_cityscapes_panoptic_depth
 from .generic import register_depth_panoptic_dataset
+from .nyuv2 import NYUV2_CLASSES, load_nyuv2, prepare_nyuv2, register_nyuv2
+from .kitti import (
+    load_kitti_depth,
+    load_kitti_eigen,
+    load_kitti_semantics,
+    parse_eigen_split,
+    prepare_kitti_semantics,
+    register_kitti_depth,
+    register_kitti_eigen,
+    register_kitti_sem_seg,
+)
 from .vkitti2 import load_vkitti2, register_vkitti2
 from .vkitti2_categories import VKITTI2_CATEGORIES
 from .vkitti2_prepared import prepare_vkitti2, register_vkitti2_panoptic, register_vkitti2_sem_seg
@@ -14,5 +25,17 @@ __all__ = [
     "register_vkitti2_sem_seg",
     "register_vkitti2_panoptic",
     "load_cityscapes_panoptic_depth",
+    "load_kitti_depth",
+    "load_kitti_eigen",
+    "load_kitti_semantics",
+    "parse_eigen_split",
+    "prepare_kitti_semantics",
+    "register_kitti_depth",
+    "register_kitti_eigen",
+    "register_kitti_sem_seg",
     "VKITTI2_CATEGORIES",
+    "prepare_nyuv2",
+    "register_nyuv2",
+    "load_nyuv2",
+    "NYUV2_CLASSES",
 ]

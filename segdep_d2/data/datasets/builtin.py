@@ -4,6 +4,8 @@ import os
 from detectron2.data import DatasetCatalog
 
 from .cityscapes_depth import register_all_cityscapes_depth
+from .nyuv2 import register_all_nyuv2
+from .kitti import register_all_kitti
 from .vkitti2 import register_all_vkitti2
 from .vkitti2_prepared import register_all_vkitti2_prepared
 
@@ -17,3 +19,5 @@ def register_all(datasets_root=None):
     register_all_vkitti2(datasets_root)  # depth-aware names, VKITTI2's own label files
     register_all_vkitti2_prepared(datasets_root)  # detectron2-standard views (prepare_vkitti2.py)
     register_all_cityscapes_depth(datasets_root)
+    register_all_nyuv2(datasets_root)  # nyuv2_{train,test} (prepare_nyuv2.py)
+    register_all_kitti(datasets_root)  # depth benchmark, Eigen split, semantics

@@ -8,7 +8,8 @@ by construction, and writes them as the real datasets do:
 * :func:`render_frame` renders one frame in memory (:class:`SyntheticFrame`);
 * :func:`generate_vkitti2` writes the merged Virtual KITTI 2 layout;
 * :func:`generate_cityscapes` writes leftImg8bit / gtFine / disparity / camera and runs cityscapesscripts'
-  own panoptic conversion.
+  own panoptic conversion;
+* :func:`generate_kitti` writes the KITTI depth benchmark (+ raw images), semantics and an Eigen split file.
 
 Conventions. World frame: X right, Y *down* (ground is Y = 0, things above it have Y < 0), Z along the road.
 Cameras follow KITTI: x right, y down, z forward; a ray is ``C + s * D`` with ``D = R_cw @ [(u-cx)/fx,
@@ -18,7 +19,8 @@ integer coordinates (KITTI's cx = 620.5 for 1242 columns).
 Modules, in pipeline order: :mod:`.constants` (dataset constants, class tables), :mod:`.primitives`,
 :mod:`.layout` and :mod:`.vehicles` (the scene), :mod:`.camera` (intrinsics, poses, rays), :mod:`.raycast`
 (G-buffer), :mod:`.noise`, :mod:`.ground`, :mod:`.materials` and :mod:`.shading` (colour), :mod:`.frame`
-(in-memory frames), :mod:`.encoding`, :mod:`.vkitti2_writer` and :mod:`.cityscapes_writer` (files).
+(in-memory frames), :mod:`.encoding`, :mod:`.vkitti2_writer`, :mod:`.cityscapes_writer` and :mod:`.kitti_writer`
+(files).
 Everything is deterministic for a seed: the output is pinned byte for byte by tests/data/test_synthetic.py.
 """
 
@@ -34,6 +36,7 @@ from .constants import (
 )
 from .encoding import cityscapes_disparity_png, vkitti2_depth_png
 from .frame import SyntheticFrame, SyntheticTrack, render_frame
+from .kitti_writer import generate_kitti, kitti_depth_png, kitti_intrinsics
 from .layout import SceneLayout, build_scene
 from .vkitti2_writer import generate_vkitti2
 
@@ -57,4 +60,7 @@ __all__ = [
     "cityscapes_disparity_png",
     "generate_vkitti2",
     "generate_cityscapes",
+    "kitti_intrinsics",
+    "kitti_depth_png",
+    "generate_kitti",
 ]
