@@ -1,10 +1,10 @@
 """segdep_d2: semantic + panoptic segmentation where every segment carries its distance in metres,
 and dense monocular depth, as a detectron2 extension.
 
-What exists today: the ``PanopticDepthLab`` meta-architecture and its depth head, the builtin Virtual
-KITTI 2 and Cityscapes (+ disparity) datasets, a generic registration for other depth data, depth and
-depth-aware panoptic metrics. Builtin KITTI / NYUv2 names, other model families, text-driven
-segmentation and registered backbones are not implemented.
+What exists today: the ``PanopticDepthLab`` meta-architecture and its depth head; builtin Virtual
+KITTI 2 (depth-aware names and detectron2-standard views), Cityscapes (+ disparity), KITTI depth and
+semantics and NYU Depth v2 datasets; a generic registration for other depth data; depth and
+depth-aware panoptic metrics. Text-driven segmentation is not implemented.
 
 Importing the package registers its datasets (under ``$DETECTRON2_DATASETS``), meta-architecture and
 depth head with detectron2's registries, once.
