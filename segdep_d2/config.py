@@ -45,4 +45,40 @@ def add_segdep_config(cfg):
     cfg.TEST.DEPTH.MEDIAN_SCALING = False
     # Depth-aware PQ thresholds on the relative depth error (ViP-DeepLab's lambda).
     cfg.TEST.DEPTH.DPQ_THRESHOLDS = [0.1, 0.25, 0.5]
+
+    _add_hydranet_config(cfg)
     return cfg
+
+
+def _add_hydranet_config(cfg):
+    """``MODEL.HYDRANET``: MobileNetV2 + Light-Weight RefineNet + one light branch per task.
+
+    HydraNet shares the keys that say what its outputs mean with the other families:
+    ``MODEL.SEM_SEG_HEAD.{NUM_CLASSES, IGNORE_VALUE}`` and ``MODEL.DEPTH_HEAD.{OUTPUT_TYPE, MIN_DEPTH,
+    MAX_DEPTH, LOSSES, LOSS_WEIGHTS, BERHU_THRESHOLD, SILOG_VARIANCE_FOCUS}`` (how depth is
+    parameterised and which depth loss; ``OUTPUT_TYPE: "sigmoid"`` is the SafeTrip-Q variant, its
+    BerHu computed on depth / MAX_DEPTH). The depth head's decoder keys and ``LOSS_WEIGHT`` are
+    PanopticDepthLab's; HydraNet's lambda is ``MODEL.HYDRANET.DEPTH_LOSS_WEIGHT``.
+    """
+    if "HYDRANET" in cfg.MODEL:
+        return
+    cfg.MODEL.HYDRANET = CN()
+    # Backbone (build_mobilenetv2_backbone): norm of torchvision's blocks ("BN", "SyncBN",
+    # "FrozenBN", ...), the taps the decoder reads, and a local torchvision ImageNet checkpoint
+    # (features.N.* keys; "" = random init). MODEL.WEIGHTS still loads whole-model checkpoints.
+    cfg.MODEL.HYDRANET.NORM = "BN"
+    cfg.MODEL.HYDRANET.BACKBONE_OUT_FEATURES = ["l1", "l2", "l3", "l4", "l5", "l6"]
+    cfg.MODEL.HYDRANET.BACKBONE_WEIGHTS = ""
+    # Light-Weight RefineNet decoder: projection width and CRP steps (256 / 4 in the paper).
+    cfg.MODEL.HYDRANET.DECODER_CHANNELS = 256
+    cfg.MODEL.HYDRANET.CRP_STAGES = 4
+    # Inputs are padded to a multiple of this (the backbone's output stride).
+    cfg.MODEL.HYDRANET.SIZE_DIVISIBILITY = 32
+    # L = SEG_LOSS_WEIGHT * L_seg + DEPTH_LOSS_WEIGHT * L_depth (lambda = 0.5 in the paper).
+    cfg.MODEL.HYDRANET.SEG_LOSS_WEIGHT = 1.0
+    cfg.MODEL.HYDRANET.DEPTH_LOSS_WEIGHT = 0.5
+    # Per-class cross-entropy weights (NUM_CLASSES floats); [] = unweighted.
+    cfg.MODEL.HYDRANET.CLASS_WEIGHTS = []
+    # Kendall uncertainty weighting (SafeTrip-Q): learned log-variances s_i replace the two loss
+    # weights above, L = sum_i exp(-s_i) L_i + s_i.
+    cfg.MODEL.HYDRANET.UNCERTAINTY_WEIGHTING = False

@@ -8,6 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_tes
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import DatasetEvaluators
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
@@ -17,16 +18,27 @@ from ..data import DepthPanopticDatasetMapper
 from ..data.label_io import has_panoptic
 from ..evaluation import DepthEvaluator, LabelledSemSegEvaluator, PanopticDepthEvaluator
 
-__all__ = ["SegDepTrainer", "build_evaluators"]
+__all__ = ["SegDepTrainer", "build_evaluators", "model_outputs"]
 
 logger = logging.getLogger(__name__)
+
+ALL_OUTPUTS = ("sem_seg", "depth", "panoptic_seg")
+
+
+def model_outputs(cfg):
+    """The inference outputs of ``cfg.MODEL.META_ARCHITECTURE``: its class attribute ``OUTPUTS``
+    (e.g. HydraNet's ``("sem_seg", "depth")``), or all of ``sem_seg``, ``depth`` and
+    ``panoptic_seg`` for a meta-arch that does not declare it (PanopticDepthLab)."""
+    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    return tuple(getattr(arch, "OUTPUTS", ALL_OUTPUTS))
 
 
 def build_evaluators(cfg, dataset_name, output_folder=None):
     """The evaluators the dataset's records call for: semantic (detectron2's SemSegEvaluator)
     where records carry ``sem_seg_file_name``, depth where they carry ``depth_file_name``,
-    panoptic + depth-aware PQ where they carry panoptic labels. A partly labelled dataset is
-    evaluated per label type on the records that have it; each result reports ``num_images``."""
+    panoptic + depth-aware PQ where they carry panoptic labels, each only if the model produces
+    that output (``model_outputs``: no panoptic evaluator for HydraNet). A partly labelled dataset
+    is evaluated per label type on the records that have it; each result reports ``num_images``."""
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     records = DatasetCatalog.get(dataset_name)
@@ -39,10 +51,11 @@ def build_evaluators(cfg, dataset_name, output_folder=None):
         f"Evaluating {dataset_name} ({len(records)} images): "
         + ", ".join(f"{n} with {kind} labels" for kind, n in counts.items())
     )
+    outputs = model_outputs(cfg)
     evaluators = []
-    if counts["sem_seg"]:
+    if counts["sem_seg"] and "sem_seg" in outputs:
         evaluators.append(LabelledSemSegEvaluator(dataset_name, output_dir=output_folder))
-    if counts["depth"]:
+    if counts["depth"] and "depth" in outputs:
         evaluators.append(
             DepthEvaluator(
                 dataset_name,
@@ -51,11 +64,17 @@ def build_evaluators(cfg, dataset_name, output_folder=None):
                 median_scaling=cfg.TEST.DEPTH.MEDIAN_SCALING,
             )
         )
-    if counts["panoptic"]:
+    if counts["panoptic"] and "panoptic_seg" in outputs:
         evaluators.append(
             PanopticDepthEvaluator(
                 dataset_name, output_dir=output_folder, thresholds=tuple(cfg.TEST.DEPTH.DPQ_THRESHOLDS)
             )
+        )
+    if not evaluators and any(counts.values()):
+        raise ValueError(
+            f"Dataset {dataset_name!r} has no ground truth for what {cfg.MODEL.META_ARCHITECTURE} predicts "
+            f"({', '.join(outputs)}): its {len(records)} records carry "
+            + ", ".join(f"{n} {kind}" for kind, n in counts.items())
         )
     if not evaluators:
         raise ValueError(
@@ -85,6 +104,25 @@ def _ddp_for_cpu_models():
         d2_defaults.create_ddp_model = original
 
 
+_PANOPTIC_KEYS = ("pan_seg_file_name", "segments_info", "instance_file_name")
+
+
+class _SemanticTargetsOnly:
+    """The training mapper for a model without panoptic output (HydraNet): a record that has plain
+    semantic labels (``sem_seg_file_name``) is mapped without its panoptic keys, so no center /
+    offset targets are generated for nothing. A record whose semantics exist only as panoptic
+    labels keeps them (its ``sem_seg`` comes from the panoptic target generator)."""
+
+    def __init__(self, mapper):
+        self.mapper = mapper
+
+    def __call__(self, dataset_dict):
+        if "sem_seg_file_name" in dataset_dict and has_panoptic(dataset_dict):
+            dataset_dict = {k: v for k, v in dataset_dict.items() if k not in _PANOPTIC_KEYS}
+            assert not has_panoptic(dataset_dict), "label_io.has_panoptic reads a key _PANOPTIC_KEYS lacks"
+        return self.mapper(dataset_dict)
+
+
 class SegDepTrainer(DefaultTrainer):
     """DefaultTrainer with segdep_d2's mapper, evaluators, optimizer and DeepLab's LR schedule."""
 
@@ -94,7 +132,10 @@ class SegDepTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=DepthPanopticDatasetMapper(cfg, is_train=True))
+        mapper = DepthPanopticDatasetMapper(cfg, is_train=True)
+        if "panoptic_seg" not in model_outputs(cfg):
+            mapper = _SemanticTargetsOnly(mapper)
+        return build_detection_train_loader(cfg, mapper=mapper)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -110,11 +151,14 @@ class SegDepTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """Panoptic-DeepLab's optimizer choice (SGD or Adam) with detectron2's param groups."""
+        """Panoptic-DeepLab's optimizer choice (SGD or Adam) with detectron2's param groups. Every
+        trainable parameter is in them, HydraNet's learned task log-variances
+        (``UncertaintyWeighting.log_variances``) included, those without weight decay."""
         params = get_default_optimizer_params(
             model,
             weight_decay=cfg.SOLVER.WEIGHT_DECAY,
             weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            overrides={"log_variances": {"weight_decay": 0.0}},
         )
         optimizer_type = cfg.SOLVER.OPTIMIZER
         if optimizer_type == "SGD":

@@ -182,3 +182,52 @@ def test_train_net_cli_two_processes_then_resume(synthetic_vkitti2, tmp_path):
     log = third.stdout + third.stderr
     assert "model_final.pth" in log and "Starting training" not in log
     assert all(f"copypaste: Task: {task}" in log for task in ("sem_seg", "depth", "panoptic_depth"))
+
+
+HYDRANET_CONFIG = os.path.join(REPO, "projects/HydraNet/configs/Synthetic-HydraNet/hydranet_mbv2_cpu.yaml")
+
+
+def _hydranet_cfg(output_dir, *opts):
+    cfg = get_cfg()
+    add_segdep_config(cfg)
+    cfg.merge_from_file(HYDRANET_CONFIG)
+    cfg.merge_from_list(
+        ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "2",
+         "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "0", "DATASETS.TRAIN", "('test_engine_train',)",
+         "DATASETS.TEST", "('test_engine_val',)", "OUTPUT_DIR", str(output_dir), *opts]
+    )
+    return cfg
+
+
+def test_hydranet_trains_and_evaluates_without_panoptic(datasets, tmp_path):
+    """SegDepTrainer on HydraNet: losses fall, label counts are logged, no panoptic targets are
+    made, and evaluation gives sem_seg and depth results only."""
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = _hydranet_cfg(tmp_path, "SOLVER.MAX_ITER", "25", "SOLVER.CHECKPOINT_PERIOD", "1000")
+        trainer = SegDepTrainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        losses = np.array([v for v, _ in trainer.storage.history("total_loss").values()])
+        assert len(losses) == 25 and np.isfinite(losses).all()
+        assert losses[-5:].mean() < 0.8 * losses[:5].mean()
+        assert trainer.storage.history("hydranet/num_sem_seg_samples").latest() == 2
+        assert trainer.storage.history("hydranet/num_depth_samples").latest() == 2
+        sample = next(iter(trainer.data_loader))[0]
+        assert {"sem_seg", "depth", "depth_valid"} <= set(sample) and "center" not in sample
+
+        assert [type(e).__name__ for e in build_evaluators(cfg, "test_engine_val")._evaluators] == [
+            "LabelledSemSegEvaluator", "DepthEvaluator"
+        ]
+        # --eval-only's path: a fresh model from the final checkpoint
+        cfg.MODEL.WEIGHTS = str(tmp_path / "model_final.pth")
+        model = SegDepTrainer.build_model(cfg)
+        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        results = SegDepTrainer.test(cfg, model)
+    finally:
+        torch.set_num_threads(threads)
+    assert set(results) == {"sem_seg", "depth"}
+    assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0
+    assert results["depth"]["num_images"] == 2 and np.isfinite(results["depth"]["AbsRel"])

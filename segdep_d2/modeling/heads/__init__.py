@@ -1,3 +1,7 @@
 from .depth_head import DEPTH_HEAD_REGISTRY, PanopticDepthLabDepthHead, build_depth_head
+from .refinenet import CRPBlock, HydraTaskHead, LightWeightRefineNetDecoder
 
-__all__ = ["DEPTH_HEAD_REGISTRY", "PanopticDepthLabDepthHead", "build_depth_head"]
+__all__ = [
+    "DEPTH_HEAD_REGISTRY", "PanopticDepthLabDepthHead", "build_depth_head",
+    "CRPBlock", "HydraTaskHead", "LightWeightRefineNetDecoder",
+]

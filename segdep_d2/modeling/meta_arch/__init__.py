@@ -1,3 +1,4 @@
+from .hydranet import HydraNet
 from .panoptic_depthlab import PanopticDepthLab
 
-__all__ = ["PanopticDepthLab"]
+__all__ = ["HydraNet", "PanopticDepthLab"]
