@@ -1,7 +1,8 @@
 """segdep_d2: semantic + panoptic segmentation where every segment carries its distance in metres,
 and dense monocular depth, as a detectron2 extension.
 
-What exists today: the ``PanopticDepthLab`` meta-architecture and its depth head; builtin Virtual
+What exists today: the ``PanopticDepthLab`` and ``HydraNet`` meta-architectures (the latter with a
+MobileNetV2 detectron2 backbone, ``build_mobilenetv2_backbone``); builtin Virtual
 KITTI 2 (depth-aware names and detectron2-standard views), Cityscapes (+ disparity), KITTI depth and
 semantics and NYU Depth v2 datasets; a generic registration for other depth data; depth and
 depth-aware panoptic metrics. Text-driven segmentation is not implemented.
