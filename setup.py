@@ -28,7 +28,7 @@ setup(
         "Pillow",
         "matplotlib",
         "tabulate",
-        "tqdm",  # datasets/prepare_vkitti2.py's progress bar
+        "tqdm",  # progress bars of the datasets/prepare_*.py converters and tools/generate_pseudo_labels.py
         "h5py",  # datasets/prepare_nyuv2.py reads the MATLAB v7.3 (HDF5) nyu_depth_v2_labeled.mat
         "tensorboard",
     ],

@@ -2,6 +2,9 @@
 
 ``read_depth(dataset_dict)`` returns float32 H x W metres with 0 where the source has no
 measurement. Every encoding segdep_d2 reads is listed in ``DEPTH_FORMATS``; see DESIGN.md §3.
+``write_depth`` / ``encode_depth`` are the inverse (metres -> file), for tools that write depth in a
+dataset's own encoding (pseudo-labels); ``read_depth`` of what they write gives the metres back
+within the encoding's resolution.
 """
 import json
 import os
@@ -11,7 +14,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["DEPTH_FORMATS", "DepthFormatError", "read_depth", "read_cityscapes_camera"]
+__all__ = [
+    "DEPTH_FORMATS",
+    "DepthFormatError",
+    "read_depth",
+    "read_cityscapes_camera",
+    "encode_depth",
+    "write_depth",
+]
 
 # depth_format -> metres per stored unit for the plain uint16 PNG encodings
 _UINT16_SCALE = {
@@ -148,3 +158,67 @@ def read_depth(dataset_dict) -> np.ndarray:
             f"{dataset_dict.get('file_name')} is {expected[0]}x{expected[1]}"
         )
     return depth
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding: metres -> the stored values of each format (the inverse of the decoders above)
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_depth(depth, depth_format, camera_file_name=None) -> np.ndarray:
+    """Metres (H x W, 0 = no depth) -> the array ``depth_format`` stores.
+
+    uint16 PNG formats: ``round(metres / scale)``, clipped to 65535 (655.35 m for ``vkitti2_cm``,
+    where 65535 is sky; 255.996 m for ``kitti_png256``; 65.535 m for ``nyu_mm``); a depth that
+    rounds to 0 becomes "no measurement". ``cityscapes_disparity``: ``p = round(256 * baseline * fx /
+    depth + 1)`` from ``camera_file_name``, 0 where depth is 0 or nearer than the largest storable
+    disparity (``baseline * fx / 255.996`` m); beyond the disparity's resolution it becomes p = 1,
+    "at infinity", which decodes as invalid. ``npy_m``: float32 metres.
+
+    Raises:
+        DepthFormatError: unknown format, not H x W, NaN / inf or negative values (mark pixels
+            without depth with 0), or ``cityscapes_disparity`` without a camera file.
+    """
+    depth = np.asarray(depth)
+    if depth.ndim != 2:
+        raise DepthFormatError(f"expected an H x W depth map in metres, got shape {depth.shape}")
+    depth = depth.astype(np.float64)
+    if not np.isfinite(depth).all():
+        raise DepthFormatError(
+            f"{int((~np.isfinite(depth)).sum())} NaN/inf depth values; mark pixels without depth with 0"
+        )
+    if (depth < 0).any():
+        raise DepthFormatError("negative depth values; mark pixels without depth with 0")
+    if depth_format in _UINT16_SCALE:
+        return np.clip(np.rint(depth / _UINT16_SCALE[depth_format]), 0, 65535).astype(np.uint16)
+    if depth_format == "cityscapes_disparity":
+        if camera_file_name is None:
+            raise DepthFormatError("depth_format 'cityscapes_disparity' needs a camera_file_name to encode depth")
+        baseline, fx = read_cityscapes_camera(camera_file_name)
+        stored = np.zeros(depth.shape, dtype=np.uint16)
+        valid = depth > 0
+        disparity = (baseline * fx) / depth[valid]
+        p = np.rint(disparity * 256.0 + 1.0)
+        # nearer than the largest storable disparity (255.996 px): no value means that depth
+        stored[valid] = np.where(p > 65535, 0, np.maximum(p, 1)).astype(np.uint16)
+        return stored
+    if depth_format == "npy_m":
+        return depth.astype(np.float32)
+    raise DepthFormatError(f"unknown depth_format {depth_format!r}; expected one of {', '.join(DEPTH_FORMATS)}")
+
+
+def write_depth(path, depth, depth_format, camera_file_name=None):
+    """Write metres to ``path`` in ``depth_format`` (:func:`encode_depth`): a 16-bit single-channel
+    PNG, or a float32 ``.npy`` for ``npy_m``. The encoding follows ``depth_format``, not the file
+    name's extension (so that a temporary name works). Returns ``path``."""
+    stored = encode_depth(depth, depth_format, camera_file_name)
+    if depth_format == "npy_m":
+        with open(path, "wb") as f:
+            np.save(f, stored, allow_pickle=False)
+        return path
+    ok, buffer = cv2.imencode(".png", stored)
+    if not ok:
+        raise DepthFormatError(f"{path}: OpenCV could not encode a {stored.shape} uint16 PNG")
+    with open(path, "wb") as f:
+        f.write(buffer.tobytes())
+    return path

@@ -29,6 +29,7 @@ def cityscapes_depth_metadata():
     return depth_panoptic_metadata(
         CITYSCAPES_CATEGORIES, depth_range=CITYSCAPES_DEPTH_RANGE,
         classes_without_depth=("sky",),  # no stereo disparity on the sky
+        depth_format="cityscapes_disparity",
     )
 
 

@@ -157,5 +157,6 @@ def register_depth_panoptic_dataset(
             raise ValueError("the folder form needs depth_root=")
         depth_format, depth_ext = resolve_depth_format(depth_format, depth_ext)
         loader = lambda: load_depth_folders(image_root, depth_root, depth_format, depth_ext, sem_seg_root)  # noqa: E731
+        meta["depth_format"] = depth_format  # the folder's one encoding (manifests name it per record)
     DatasetCatalog.register(name, loader)
     MetadataCatalog.get(name).set(**meta)

@@ -33,6 +33,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES
 from PIL import Image
 
+from ...utils.files import png_writer, replace_into
 from ..label_io import read_sem_seg
 from .metadata import depth_panoptic_metadata
 
@@ -303,9 +304,7 @@ def prepare_kitti_semantics(root, overwrite=False):
             continue
         train_ids = read_sem_seg({"sem_seg_file_name": label_file, "label_format": "cityscapes_label_ids"})
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(out), f".tmp-{os.getpid()}-{name}")
-        Image.fromarray(train_ids).save(tmp, format="PNG")
-        os.replace(tmp, out)
+        replace_into(out, png_writer(train_ids))
         written += 1
     return written
 
@@ -336,7 +335,8 @@ def load_kitti_semantics(root):
 def _cityscapes_class_metadata():
     # detectron2's Cityscapes table: dataset ids are label ids, contiguous ids train ids (19 classes)
     return depth_panoptic_metadata(
-        CITYSCAPES_CATEGORIES, depth_range=KITTI_DEPTH_RANGE, classes_without_depth=("sky",)
+        CITYSCAPES_CATEGORIES, depth_range=KITTI_DEPTH_RANGE, classes_without_depth=("sky",),
+        depth_format="kitti_png256",
     )
 
 

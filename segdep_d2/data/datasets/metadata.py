@@ -3,7 +3,7 @@ from detectron2.data import MetadataCatalog
 
 
 def depth_panoptic_metadata(
-    categories, *, depth_range, label_divisor=1000, ignore_label=255, classes_without_depth=()
+    categories, *, depth_range, label_divisor=1000, ignore_label=255, classes_without_depth=(), depth_format=None
 ):
     """MetadataCatalog fields for a dataset with panoptic labels and depth.
 
@@ -13,6 +13,8 @@ def depth_panoptic_metadata(
         depth_range: (min, max) metres of valid ground-truth depth, for losses and metrics.
         classes_without_depth: names of classes that never have a valid distance (sky): their
             predicted segments are flagged ``depth_valid: False`` and drawn without a distance.
+        depth_format: the dataset's depth encoding (``read_depth``'s formats), for tools that write
+            depth in it (pseudo-labels) where a record has none yet.
 
     As detectron2's Cityscapes panoptic registration, ``thing_classes`` and ``stuff_classes`` both
     list every class (the Visualizer reads either); ``stuff_dataset_id_to_contiguous_id`` covers
@@ -40,6 +42,7 @@ def depth_panoptic_metadata(
         label_divisor=label_divisor,
         depth_range=tuple(depth_range),
         classes_without_depth=list(classes_without_depth),
+        **({} if depth_format is None else {"depth_format": depth_format}),
         evaluator_type="panoptic_depth",
     )
 

@@ -44,7 +44,8 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from .vkitti2_prepared import _TMP_PREFIX, _pid_alive, _replace_into
+from ...utils.files import png_writer, remove_leftovers, replace_into
+from ..depth_io import encode_depth
 
 __all__ = [
     "NYUV2_CLASSES",
@@ -331,8 +332,7 @@ def depth_to_mm(depth_m):
     """Metres -> uint16 millimetres (``nyu_mm``), rounded; non-finite or non-positive -> 0 (no depth)."""
     depth_m = np.asarray(depth_m, dtype=np.float64)
     valid = np.isfinite(depth_m) & (depth_m > 0)
-    mm = np.rint(np.where(valid, depth_m, 0.0) * 1000.0)
-    return np.clip(mm, 0, np.iinfo(np.uint16).max).astype(np.uint16)
+    return encode_depth(np.where(valid, depth_m, 0.0), "nyu_mm")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,11 +371,6 @@ def _complete_png(path):
         return False
 
 
-def _save_png(array):
-    array = np.ascontiguousarray(array)
-    return lambda tmp: Image.fromarray(array).save(tmp, format="PNG", compress_level=3)
-
-
 def apply_class_mapping(labels, table):
     """894-class ids (any integer array) -> train ids through ``table`` (see :func:`read_class_mapping`)."""
     outside = (labels < 0) | (labels >= table.size)
@@ -410,30 +405,22 @@ def _convert_frame(index):
     try:
         rgb, depth, labels = mat.frame(index)
         train_ids = apply_class_mapping(labels, _WORKER["table"])
-        _replace_into(paths["sem_seg"], _save_png(train_ids))
-        _replace_into(paths["depth"], _save_png(depth_to_mm(depth)))
-        _replace_into(paths["image"], _save_png(rgb))
+        replace_into(paths["sem_seg"], png_writer(train_ids, compress_level=3))
+        replace_into(paths["depth"], _uint16_png_writer(depth_to_mm(depth)))
+        replace_into(paths["image"], png_writer(rgb, compress_level=3))
     except Exception as e:
         raise RuntimeError(f"NYUv2 frame {index} of {mat.path}: {type(e).__name__}: {e}") from e
     return stem, "converted"
 
 
+def _uint16_png_writer(array):
+    # png_writer is for uint8 labels and RGB; depth millimetres need 16 bits
+    array = np.ascontiguousarray(array, dtype=np.uint16)
+    return lambda tmp: Image.fromarray(array).save(tmp, format="PNG", compress_level=3)
+
+
 def _remove_leftovers(output):
-    """Delete the temporary files of runs that ended before renaming them (not those of a run still
-    going on in another process)."""
-    removed = 0
-    for folder in [output] + [os.path.join(output, d) for d in _SUBDIRS]:
-        if not os.path.isdir(folder):
-            continue
-        for name in os.listdir(folder):
-            if not name.startswith(_TMP_PREFIX):
-                continue
-            pid = name[len(_TMP_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and _pid_alive(int(pid)):
-                continue
-            os.remove(os.path.join(folder, name))
-            removed += 1
-    return removed
+    return remove_leftovers([output] + [os.path.join(output, d) for d in _SUBDIRS])
 
 
 def default_root(datasets_root=None):
@@ -507,7 +494,7 @@ def prepare_nyuv2(mat, mapping, splits, output, *, workers=1, overwrite=False, p
     for split in NYUV2_SPLITS:  # last: the lists name only frames that are complete
         path = split_list_path(output, split)
         stems = [frame_stem(i) for i in split_indices[split]]
-        _replace_into(path, _write_lines(stems))
+        replace_into(path, _write_lines(stems))
         written[split] = (path, len(stems))
     return {"output": output, "frames": len(indices), **counts, "splits": written, "seconds": time.perf_counter() - start}
 
@@ -595,6 +582,7 @@ def nyuv2_metadata():
         ignore_label=NYUV2_IGNORE_LABEL,
         depth_range=NYUV2_DEPTH_RANGE,
         classes_without_depth=[],
+        depth_format="nyu_mm",
         evaluator_type="sem_seg",
         eval_crop="nyu",
     )

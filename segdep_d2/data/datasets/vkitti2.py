@@ -169,6 +169,7 @@ def vkitti2_metadata():
         VKITTI2_CATEGORIES, depth_range=VKITTI2_DEPTH_RANGE,
         label_divisor=VKITTI2_LABEL_DIVISOR, ignore_label=VKITTI2_IGNORE_LABEL,
         classes_without_depth=("Sky",),  # stored as 655.35 m, outside every valid range
+        depth_format="vkitti2_cm",
     )
 
 

@@ -37,8 +37,11 @@ import time
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from panopticapi.utils import id2rgb
-from PIL import Image
 
+from ...utils.files import json_writer as _dump_json
+from ...utils.files import png_writer as _save_png
+from ...utils.files import remove_leftovers
+from ...utils.files import replace_into as _replace_into
 from ..label_io import has_panoptic, read_panoptic, read_sem_seg
 from .vkitti2 import VKITTI2_SCENES, VKITTI2_SPLITS, VKITTI2_VARIATIONS, load_vkitti2, vkitti2_metadata
 from .vkitti2_categories import VKITTI2_CATEGORIES
@@ -60,7 +63,6 @@ PREPARE_COMMAND = "python datasets/prepare_vkitti2.py"
 PREPARED_DIRNAME = "prepared"
 ALL_CAMERAS = ("Camera_0", "Camera_1")
 VIEW_CAMERAS = ("Camera_0",)  # the cameras of the builtin names, as vkitti2_{train,val}
-_TMP_PREFIX = ".tmp-"
 _SUBDIRS = ("images", "sem_seg", "panoptic")
 _TRAIN_ID_TO_DATASET_ID = {c["trainId"]: c["id"] for c in VKITTI2_CATEGORIES}
 _COCO_CATEGORIES = [
@@ -97,36 +99,6 @@ def _expected_outputs(record, paths):
 # ---------------------------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------------------------
-
-
-def _tmp_name(path):
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f"{_TMP_PREFIX}{os.getpid()}-{name}")
-
-
-def _replace_into(path, write):
-    """``write(tmp)`` then rename onto ``path``: ``path`` is either absent or complete."""
-    tmp = _tmp_name(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-
-
-def _save_png(array):
-    """uint8 H x W -> an "L" PNG, uint8 H x W x 3 -> an "RGB" PNG."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    return lambda tmp: Image.fromarray(array).save(tmp, format="PNG")
-
-
-def _dump_json(data):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-
-    return write
 
 
 def _link_image(source, link, relative):
@@ -195,34 +167,9 @@ def _convert_frame(task):
     return stem, "converted"
 
 
-def _pid_alive(pid):
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def _remove_leftovers(prepared):
-    """Delete the temporary files of runs that ended before renaming them (not those of a run
-    still going on in another process)."""
-    removed = 0
-    for folder in [prepared] + [os.path.join(prepared, d) for d in _SUBDIRS]:
-        if not os.path.isdir(folder):
-            continue
-        for name in os.listdir(folder):
-            if not name.startswith(_TMP_PREFIX):
-                continue
-            pid = name[len(_TMP_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and _pid_alive(int(pid)):
-                continue
-            os.remove(os.path.join(folder, name))
-            removed += 1
-    return removed
+    """Delete the temporary files of runs that ended before renaming them."""
+    return remove_leftovers([prepared] + [os.path.join(prepared, d) for d in _SUBDIRS])
 
 
 def _is_inside(path, folder):
