@@ -31,6 +31,11 @@ setup(
         "tqdm",  # progress bars of the datasets/prepare_*.py converters and tools/generate_pseudo_labels.py
         "h5py",  # datasets/prepare_nyuv2.py reads the MATLAB v7.3 (HDF5) nyu_depth_v2_labeled.mat
         "tensorboard",
+        # tools/export_model.py --format onnx and tools/benchmark.py --model hydranet (measured with
+        # these). onnx pulls ml_dtypes, whose 0.6 wants numpy>=2: keep the numpy 1.x build.
+        "onnx==1.23.2",
+        "onnxruntime==1.32.0",
+        "ml_dtypes<0.6",
     ],
     extras_require={"test": ["pytest"]},
 )

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Speed and memory of PanopticDepthLab against what a user would otherwise run.
+"""Speed and memory of a model family: PanopticDepthLab against what a user would otherwise run,
+HydraNet across runtimes.
 
 In one run, same backbone, same input size, same machine:
 
@@ -23,6 +24,19 @@ from the script's location (the tool runs from any folder).
 
     python tools/benchmark.py --model panoptic_depthlab --height 512 --width 1024 \
         --output output/benchmark/panoptic_depthlab.json
+
+``--model hydranet`` (default config: NYUDv2-40) times one HydraNet in several runtimes, full
+inference each (uint8 image -> network -> crop / resize to the input size): ``eager_nchw``,
+``eager_channels_last`` (``eager`` is the faster of the two), ``onnxruntime`` (the
+tools/export_model.py ONNX graph) and ``compile`` (``torch.compile``, inductor; dropped with the
+reason when it fails). It measures 480x640 and 375x1242 in one run (``--sizes`` to change; the
+first size's figures are at the top level, every size's under ``sizes``) and writes, beside the
+device and settings: ``latency_ms`` (lists per runtime), ``params``, ``gflops`` (fvcore, one
+multiply-add counted once), ``onnxruntime_vs_eager`` (eager median / onnxruntime median; > 1:
+onnxruntime is faster), ``compile`` (used or why not), ``fastest_runtime`` and, at 480x640, the
+targets (<= 150 ms, onnxruntime_vs_eager >= 1.3).
+
+    python tools/benchmark.py --model hydranet --height 480 --width 640 --output benchmarks/hydranet_mbv2_640x480_cpu.json
 """
 import argparse
 import itertools
@@ -32,8 +46,8 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -92,6 +106,21 @@ class BenchmarkFamily:
     ``describe(outputs)`` gives per-image facts about the first variant's outputs (their median is
     reported). ``ratios`` maps a ratio's name to ``(numerator, denominator)`` latencies; those in
     ``compared_to_one`` claim a difference from 1.0 that their spread is checked against.
+
+    Optional, for families that compare runtimes (HydraNet):
+
+    * ``optional_variants``: variants allowed to fail (e.g. ``torch.compile`` without a working
+      compiler): an exception in their first (warm-up) call drops them from the run and records
+      why under ``unavailable``;
+    * ``fastest_of``: ``{name: (variant, ...)}``: ``name``'s latencies are those of the listed
+      variant with the lowest median (e.g. ``eager`` = the faster memory format), recorded under
+      ``chosen``; ratios may use ``name``;
+    * ``facts(cfg, runners, height, width)``: per-size facts about the model (parameters, FLOPs);
+    * ``summarize(report, args, height, width)``: extra keys computed from a size's report;
+    * ``memory_variants``: the variants whose peak memory is measured (default: all; torch's
+      profiler does not see what onnxruntime allocates);
+    * ``default_size`` / ``extra_sizes``: ``--height``/``--width`` defaults and the sizes also
+      measured in the same run unless ``--sizes`` is given; ``default_runs``: ``--runs`` default.
     """
 
     default_config: str  # relative to the repository root
@@ -102,6 +131,14 @@ class BenchmarkFamily:
     followups: Optional[Callable] = None
     describe: Optional[Callable] = None
     cfg_overrides: Tuple[str, ...] = ()
+    optional_variants: Tuple[str, ...] = ()
+    fastest_of: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
+    facts: Optional[Callable] = None
+    summarize: Optional[Callable] = None
+    memory_variants: Optional[Tuple[str, ...]] = None
+    default_size: Tuple[int, int] = (512, 1024)
+    extra_sizes: Tuple[Tuple[int, int], ...] = ()
+    default_runs: int = 0  # 0: DEFAULT_RUNS
 
 
 BENCHMARKS: Dict[str, BenchmarkFamily] = {}
@@ -176,6 +213,146 @@ register_benchmark(
         cfg_overrides=("MODEL.PANOPTIC_DEEPLAB.PREDICT_INSTANCES", "False"),
     ),
 )
+# ---- HydraNet: one network in three runtimes -----------------------------------------------------
+# The paper's figure (6.5 GFLOPs at 640x480) and issue 11's targets on the 2-core CPU.
+HYDRANET_PAPER_GFLOPS = 6.5
+HYDRANET_TARGET_MS = 150.0  # fastest runtime, one 640x480 frame
+HYDRANET_TARGET_ORT_SPEEDUP = 1.3  # onnxruntime_vs_eager
+HYDRANET_ONNX_EXPORT_SIZE = (256, 256)  # any: the graph's height and width are dynamic
+
+
+def build_hydranet_variants(cfg):
+    """One HydraNet (random weights unless MODEL.WEIGHTS), full inference (uint8 image -> network
+    -> ``model.postprocess``: crop and resize to the input size) in each runtime:
+
+    * ``eager_nchw``: ``model(inputs)``, PyTorch eager, the default NCHW memory format;
+    * ``eager_channels_last``: the same weights in ``torch.channels_last`` (DESIGN.md 6: depthwise
+      convolutions in NCHW are very slow on CPU); ``eager`` is the faster of the two;
+    * ``onnxruntime``: the network exported to ONNX (tools/export_model.py's export, dynamic H/W,
+      CPUExecutionProvider, intra-op threads = ``--threads``, no spinning), loaded with ``load_onnx_model``;
+    * ``compile``: ``torch.compile`` (inductor, static shapes) of the channels-last network; its
+      first warm-up call compiles (tens of seconds on CPU) and a failure drops it, with the reason.
+    """
+    import atexit
+    import copy
+    import shutil
+    import tempfile
+
+    from segdep_d2.modeling.export import HydraNetNetwork, export_onnx, exported_inference, load_onnx_model
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    if cfg.MODEL.WEIGHTS:
+        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    cl_network = HydraNetNetwork(copy.deepcopy(model).to(memory_format=torch.channels_last)).eval()
+    compiled = torch.compile(cl_network, dynamic=False)
+
+    def channels_last(images):
+        return cl_network(images.contiguous(memory_format=torch.channels_last))
+
+    def compiled_network(images):
+        return compiled(images.contiguous(memory_format=torch.channels_last))
+
+    folder = tempfile.mkdtemp(prefix="segdep_benchmark_onnx_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = os.path.join(folder, "model.onnx")
+    export_onnx(model, cfg, *HYDRANET_ONNX_EXPORT_SIZE, path, dynamic=True)
+    # No busy-waiting workers: PyTorch runs in the same process (post-processing, the other variants).
+    onnx_model = load_onnx_model(path, cfg, model=model, threads=torch.get_num_threads(), spinning=False)
+    return {
+        "eager_nchw": model,
+        "eager_channels_last": lambda inputs: exported_inference(channels_last, model, inputs),
+        "onnxruntime": onnx_model,
+        "compile": lambda inputs: exported_inference(compiled_network, model, inputs),
+    }
+
+
+def hydranet_facts(cfg, runners, height, width):
+    """Parameters and fvcore FLOPs (one multiply-add counted once) of the exported network at this
+    size: normalisation, padding to 32, encoder, decoder, both heads and the bilinear upsampling
+    of both outputs to full resolution."""
+    from fvcore.nn import FlopCountAnalysis
+
+    from segdep_d2.modeling.export import HydraNetNetwork
+
+    model = runners["eager_nchw"]
+    flops = FlopCountAnalysis(HydraNetNetwork(model).eval(), torch.zeros(1, 3, height, width, device=model.device))
+    flops.unsupported_ops_warnings(False)
+    flops.uncalled_modules_warnings(False)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "gflops": flops.total() / 1e9,
+        "gflops_paper_640x480": HYDRANET_PAPER_GFLOPS,
+    }
+
+
+def hydranet_summary(report, args, height, width):
+    """The keys other tools read (``onnxruntime_vs_eager``), which eager memory format and runtime
+    won, whether torch.compile helped (and why not), and issue 11's targets at 640x480."""
+    medians = report["median_ms"]
+    runtimes = {name: medians[name] for name in ("eager", "onnxruntime", "compile") if name in medians}
+    fastest = min(runtimes, key=runtimes.get)
+    if "compile" in report.get("unavailable", {}):
+        compile_status = {"used": False, "reason": f"torch.compile failed: {report['unavailable']['compile']}"}
+    elif medians["compile"] >= medians["eager"]:
+        compile_status = {"used": False, "reason": f"slower than eager: median {medians['compile']:.1f} ms vs "
+                                                   f"{medians['eager']:.1f} ms"}
+    else:
+        compile_status = {"used": True, "reason": f"faster than eager: median {medians['compile']:.1f} ms vs "
+                                                  f"{medians['eager']:.1f} ms"}
+    summary = {
+        "onnxruntime_vs_eager": report["ratios"]["onnxruntime_vs_eager"],
+        "eager_memory_format": {"eager_channels_last": "channels_last", "eager_nchw": "nchw"}[report["chosen"]["eager"]],
+        "compile": compile_status,
+        "fastest_runtime": fastest,
+        "fastest_median_ms": runtimes[fastest],
+        "onnxruntime_settings": {"provider": "CPUExecutionProvider", "intra_op_threads": args.threads if args else None,
+                                 "allow_spinning": False, "graph_optimization_level": "ORT_ENABLE_ALL"},
+    }
+    if (height, width) == (480, 640):
+        summary["targets"] = {
+            "fastest_median_ms_max": HYDRANET_TARGET_MS,
+            "fastest_median_ms_met": runtimes[fastest] <= HYDRANET_TARGET_MS,
+            "onnxruntime_vs_eager_min": HYDRANET_TARGET_ORT_SPEEDUP,
+            "onnxruntime_vs_eager_met": report["ratios"]["onnxruntime_vs_eager"] >= HYDRANET_TARGET_ORT_SPEEDUP,
+            "note": "targets of issue 11 for the 2-core CPU",
+        }
+    notes = [f"eager = {report['chosen']['eager']} (the faster memory format)",
+             f"torch.compile: {compile_status['reason']}", f"fastest: {fastest} ({runtimes[fastest]:.1f} ms)"]
+    if "targets" in summary:
+        t = summary["targets"]
+        notes.append(f"targets: fastest <= {HYDRANET_TARGET_MS:g} ms {'met' if t['fastest_median_ms_met'] else 'NOT met'}; "
+                     f"onnxruntime_vs_eager >= {HYDRANET_TARGET_ORT_SPEEDUP} "
+                     f"{'met' if t['onnxruntime_vs_eager_met'] else 'NOT met'}")
+    summary["notes"] = notes
+    return summary
+
+
+register_benchmark(
+    "hydranet",
+    BenchmarkFamily(
+        default_config="projects/HydraNet/configs/NYUv2-HydraNet/hydranet_mbv2_nyuv2_40.yaml",
+        variants=("eager_nchw", "eager_channels_last", "onnxruntime", "compile"),
+        build=build_hydranet_variants,
+        ratios={
+            "onnxruntime_vs_eager": ("eager", "onnxruntime"),
+            "compile_vs_eager": ("eager", "compile"),
+            "channels_last_vs_nchw": ("eager_nchw", "eager_channels_last"),
+        },
+        compared_to_one=("onnxruntime_vs_eager", "compile_vs_eager", "channels_last_vs_nchw"),
+        optional_variants=("compile",),
+        fastest_of={"eager": ("eager_channels_last", "eager_nchw")},
+        facts=hydranet_facts,
+        summarize=hydranet_summary,
+        memory_variants=("eager_nchw", "eager_channels_last"),
+        default_size=(480, 640),
+        extra_sizes=((375, 1242),),
+        default_runs=20,
+    ),
+)
+
+
 DEFAULT_MODEL = "panoptic_depthlab"
 DEFAULT_CONFIG = BENCHMARKS[DEFAULT_MODEL].default_config
 VARIANTS = BENCHMARKS[DEFAULT_MODEL].variants
@@ -201,10 +378,11 @@ def setup_cfg(args):
     return cfg
 
 
-def make_inputs(args):
+def make_inputs(args, height=None, width=None):
+    height, width = height or args.height, width or args.width
     g = torch.Generator().manual_seed(0)
-    image = torch.randint(0, 256, (3, args.height, args.width), dtype=torch.uint8, generator=g)
-    return [{"image": image, "height": args.height, "width": args.width}]
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=g)
+    return [{"image": image, "height": height, "width": width}]
 
 
 def synchronize(device):
@@ -273,19 +451,25 @@ def ratio_spread(numerator, denominator, compared_to_one):
     return entry
 
 
-def benchmark(args):
-    if args.runs < 1 or args.warmup < 0:
-        raise ValueError(f"--runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}")
-    family = BENCHMARKS[args.model]
-    torch.set_num_threads(args.threads)
-    cfg = setup_cfg(args)
-    inputs = make_inputs(args)
+def measure(args, family, cfg, height, width):
+    """One input size: every variant timed interleaved, their spread, ratios and memory."""
+    inputs = make_inputs(args, height, width)
     runners = family.build(cfg)
-    latencies = {name: [] for name in family.variants}
+    variants = [name for name in family.variants if name in runners]
+    latencies = {name: [] for name in variants}
+    unavailable = {}
     facts = {}
     for i in range(args.warmup + args.runs):
-        for name in family.variants:
-            ms, result = time_call(lambda: runners[name](inputs), args.device)
+        for name in list(variants):
+            try:
+                ms, result = time_call(lambda: runners[name](inputs), args.device)
+            except Exception as e:  # noqa: BLE001 -- an optional runtime may fail; say why
+                if name not in family.optional_variants or i > 0:
+                    raise
+                unavailable[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:500]
+                variants.remove(name)
+                del latencies[name]
+                continue
             if i < args.warmup:
                 continue
             latencies[name].append(ms)
@@ -296,10 +480,17 @@ def benchmark(args):
                 ms, _ = time_call(fn, args.device)
                 latencies.setdefault(step, []).append(ms)
 
+    chosen = {}
+    for name, candidates in family.fastest_of.items():
+        timed = [c for c in candidates if c in latencies]
+        if timed:
+            chosen[name] = min(timed, key=lambda c: statistics.median(latencies[c]))
+            latencies[name] = list(latencies[chosen[name]])
     stats = {name: spread(values) for name, values in latencies.items()}
     ratio_spreads = {
         key: ratio_spread(latencies[num], latencies[den], key in family.compared_to_one)
         for key, (num, den) in family.ratios.items()
+        if num in latencies and den in latencies
     }
     warnings = [
         f"{key}: ratio of medians {r['ratio_of_medians']:.3f} but the paired ratios' IQR "
@@ -309,17 +500,7 @@ def benchmark(args):
         for key, r in ratio_spreads.items()
         if r.get("spread_narrower_than_difference") is False
     ]
-    config = config_path(args)
-    if os.path.commonpath([config, REPO_ROOT]) == REPO_ROOT:
-        config = os.path.relpath(config, REPO_ROOT)
     report = {
-        "model": args.model,
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()}, {args.threads} threads)",
-        "torch": torch.__version__,
-        "settings": {
-            "config": config, "height": args.height, "width": args.width, "runs": args.runs,
-            "warmup": args.warmup, "threads": args.threads, "opts": args.opts,
-        },
         "latency_ms": latencies,
         "median_ms": {name: s["median"] for name, s in stats.items()},
         "latency_stats_ms": stats,
@@ -329,9 +510,76 @@ def benchmark(args):
         "spread_narrower_than_difference": not warnings,
         "warnings": warnings,
     }
+    if chosen:
+        report["chosen"] = chosen
+    if unavailable:
+        report["unavailable"] = unavailable
+    if family.facts is not None:
+        report.update(family.facts(cfg, runners, height, width))
     if not args.skip_memory:
-        report["peak_memory_mb"] = {name: peak_memory_mb(runners[name], inputs, args.device) for name in family.variants}
+        measured = family.memory_variants if family.memory_variants is not None else family.variants
+        report["peak_memory_mb"] = {
+            name: peak_memory_mb(runners[name], inputs, args.device) for name in measured if name in variants
+        }
+    if family.summarize is not None:
+        report.update(family.summarize(report, args, height, width))
     return report
+
+
+def sizes_to_measure(args):
+    """``--sizes`` when given, else ``--height`` x ``--width`` followed by the family's extra sizes."""
+    family = BENCHMARKS[args.model]
+    if getattr(args, "sizes", None):
+        return list(args.sizes)
+    first = (args.height, args.width)
+    return [first] + [size for size in family.extra_sizes if size != first]
+
+
+def benchmark(args):
+    family = BENCHMARKS[args.model]
+    if args.runs is None:
+        args.runs = family.default_runs or DEFAULT_RUNS
+    args.height = args.height or family.default_size[0]
+    args.width = args.width or family.default_size[1]
+    if args.runs < 1 or args.warmup < 0:
+        raise ValueError(f"--runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}")
+    sizes = sizes_to_measure(args)
+    args.height, args.width = sizes[0]
+    torch.set_num_threads(args.threads)
+    cfg = setup_cfg(args)
+    per_size = {f"{h}x{w}": measure(args, family, cfg, h, w) for h, w in sizes}
+
+    config = config_path(args)
+    if os.path.commonpath([config, REPO_ROOT]) == REPO_ROOT:
+        config = os.path.relpath(config, REPO_ROOT)
+    settings = {
+        "config": config, "height": args.height, "width": args.width, "runs": args.runs,
+        "warmup": args.warmup, "threads": args.threads, "opts": args.opts,
+    }
+    if len(sizes) > 1:
+        settings["sizes"] = [f"{h}x{w}" for h, w in sizes]
+    report = {
+        "model": args.model,
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()}, {args.threads} threads)",
+        "torch": torch.__version__,
+        "settings": settings,
+        **per_size[f"{args.height}x{args.width}"],  # the first size's figures at the top level
+    }
+    if len(sizes) > 1:
+        report["sizes"] = per_size
+    return report
+
+
+def parse_sizes(text) -> List[Tuple[int, int]]:
+    """``"480x640,375x1242"`` -> ``[(480, 640), (375, 1242)]`` (height x width)."""
+    sizes = []
+    for item in text.split(","):
+        try:
+            h, w = (int(v) for v in item.strip().lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected HxW[,HxW...] (height x width), got {text!r}")
+        sizes.append((h, w))
+    return sizes
 
 
 def get_parser():
@@ -339,9 +587,13 @@ def get_parser():
     parser.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(BENCHMARKS), help="model family to benchmark")
     parser.add_argument("--config", default=None,
                         help="config file (default: the family's config in this repository, from any folder)")
-    parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="interleaved repetitions of every variant")
+    parser.add_argument("--height", type=int, default=None, help="input height (default: the family's, 512 / 480)")
+    parser.add_argument("--width", type=int, default=None, help="input width (default: the family's, 1024 / 640)")
+    parser.add_argument("--sizes", type=parse_sizes, default=None, metavar="HxW[,HxW...]",
+                        help="sizes measured in one run, first reported at the top level (default: --height x "
+                             "--width, then the family's extra sizes: hydranet adds 375x1242)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help=f"interleaved repetitions of every variant (default {DEFAULT_RUNS}; the family's own if set)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -357,20 +609,26 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(report, f, indent=2)
-    print(f"device: {report['device']}  input {args.height}x{args.width}, {args.runs} interleaved runs")
-    for name, s in report["latency_stats_ms"].items():
-        mem = report.get("peak_memory_mb", {}).get(name)
-        print(
-            f"  {name:18s} median {s['median']:9.2f} ms  range {s['min']:9.2f}-{s['max']:9.2f}  IQR {s['iqr']:8.2f}"
-            + (f"   peak memory {mem:8.1f} MB" if mem is not None else "")
-        )
-    for key, r in report["ratio_spread"].items():
-        print(
-            f"  {key:22s} ratio of medians {r['ratio_of_medians']:.3f}; paired ratios: range "
-            f"{r['paired_min']:.3f}-{r['paired_max']:.3f}, IQR {r['paired_q1']:.3f}-{r['paired_q3']:.3f}"
-        )
-    for warning in report["warnings"]:
-        print(f"WARNING: {warning}")
+    per_size = report.get("sizes", {f"{args.height}x{args.width}": report})
+    for size, sized in per_size.items():
+        print(f"device: {report['device']}  input {size}, {args.runs} interleaved runs")
+        for name, s in sized["latency_stats_ms"].items():
+            mem = sized.get("peak_memory_mb", {}).get(name)
+            print(
+                f"  {name:20s} median {s['median']:9.2f} ms  range {s['min']:9.2f}-{s['max']:9.2f}  IQR {s['iqr']:8.2f}"
+                + (f"   peak memory {mem:8.1f} MB" if mem is not None else "")
+            )
+        for key, r in sized["ratio_spread"].items():
+            print(
+                f"  {key:22s} ratio of medians {r['ratio_of_medians']:.3f}; paired ratios: range "
+                f"{r['paired_min']:.3f}-{r['paired_max']:.3f}, IQR {r['paired_q1']:.3f}-{r['paired_q3']:.3f}"
+            )
+        for name, why in sized.get("unavailable", {}).items():
+            print(f"  {name}: not measured ({why})")
+        for line in sized.get("notes", []):
+            print(f"  note: {line}")
+        for warning in sized["warnings"]:
+            print(f"WARNING: {warning}")
     print(f"written: {args.output}")
     return report
 

@@ -1,16 +1,29 @@
 #!/usr/bin/env python
-"""Export a PanopticDepthLab network for deployment (torch.export or TorchScript).
+"""Export a segdep_d2 network for deployment (torch.export, TorchScript or ONNX).
 
     python tools/export_model.py --config-file C --height 512 --width 1024 --output out/export \\
-        MODEL.WEIGHTS path/to/model_final.pth MODEL.DEVICE cpu [--format torch_export|torchscript]
+        MODEL.WEIGHTS path/to/model_final.pth MODEL.DEVICE cpu [--format torch_export|torchscript|onnx]
 
-Writes ``model.pt2`` (``torch.export.load(path).module()``) or ``model.ts`` (``torch.jit.load``):
-normalisation, backbone and the three decoders at HxW; input (1, 3, H, W) float pixels in
-``cfg.INPUT.FORMAT``, outputs semantic logits, center heatmap, offsets and depth in metres. And
-``export.json``: input size and format, output names, what post-processing needs (label divisor,
-thing ids, thresholds) and the exported-vs-eager check. Panoptic grouping and per-segment depth
-stay in Python: ``model.postprocess(*outputs, inputs, image_sizes)`` on the exported outputs gives
-what ``model(inputs)`` gives.
+Writes ``model.pt2`` (``torch.export.load(path).module()``), ``model.ts`` (``torch.jit.load``) or
+``model.onnx`` (onnxruntime; open it with ``segdep_d2.modeling.export.load_onnx_model(path, cfg)``,
+which refuses a file exported from another config), and ``export.json``: input size and format,
+output names, what post-processing needs and the exported-vs-eager check. The graph holds
+normalisation and the network; input (1, 3, H, W) float pixels in ``cfg.INPUT.FORMAT`` (0-255).
+
+* PanopticDepthLab: semantic logits, center heatmap, offsets and depth (metres) at HxW (a multiple
+  of the size divisibility). Panoptic grouping and per-segment depth stay in Python:
+  ``model.postprocess(*outputs, inputs, image_sizes)`` on the exported outputs gives what
+  ``model(inputs)`` gives. Its ONNX export has dynamic height / width when every ASPP pools
+  globally (configs without a training crop), and is static-size otherwise (the ASPP
+  image-pooling kernel is then fixed by the export size).
+* HydraNet: semantic logits and depth (metres) at full resolution, the input padded inside the
+  graph to a multiple of 32 (any HxW goes in; ``model.postprocess(sem, depth, inputs, [(H, W)])``
+  crops the padding). Its ONNX export has dynamic batch, height and width (opset 17).
+
+For ONNX the check runs onnxruntime against PyTorch eager at the export size and, when the height
+and width are dynamic, at a second size (``--check-size``; default about 3/4 of the export size,
+not a multiple of 32): ``max_abs_diff_depth`` (target <= 1e-3 m) and ``argmax_agreement`` (target
+>= 0.999) are printed and written; a miss exits with status 1 (the files are still written).
 """
 import argparse
 import json
@@ -24,42 +37,137 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from segdep_d2.modeling.export import FORMATS, OUTPUT_NAMES, export_panoptic_depthlab, save_exported  # noqa: E402
+from segdep_d2.modeling.export import (  # noqa: E402
+    FORMATS,
+    MAX_ABS_DIFF_DEPTH,
+    MIN_ARGMAX_AGREEMENT,
+    NETWORKS,
+    ONNX_OPSET,
+    config_fingerprint,
+    export_network,
+    export_onnx,
+    load_onnx_model,
+    network_for,
+    onnx_parity,
+    save_exported,
+)
 from visualize_depth_panoptic import load_model, setup_cfg  # noqa: E402
 
 logger = logging.getLogger("segdep_d2.export")
 
+def onnx_dynamic(model):
+    """Whether the ONNX export gets dynamic height / width. HydraNet: always. PanopticDepthLab:
+    when every ASPP pools globally (configs without a training crop); an ASPP with a fixed
+    image-pooling kernel (cropped training, :class:`ImagePooling2d`) is traced with the kernel of
+    the export size, so the export is static-size there."""
+    if type(model).__name__ == "HydraNet":
+        return True
+    from segdep_d2.modeling import ImagePooling2d
 
-def export(cfg, height, width, output_dir, fmt="torch_export"):
-    """Export the model of ``cfg`` at ``height`` x ``width``; write the model file and export.json."""
-    if cfg.MODEL.META_ARCHITECTURE != "PanopticDepthLab":
-        raise ValueError(f"export supports PanopticDepthLab, not {cfg.MODEL.META_ARCHITECTURE!r}")
-    model = load_model(cfg)
-    exported, max_abs_diff = export_panoptic_depthlab(model, height, width, fmt)
-    os.makedirs(output_dir, exist_ok=True)
-    model_path = os.path.join(output_dir, FORMATS[fmt])
-    save_exported(exported, model_path)
-    info = {
-        "format": fmt,
-        "torch": torch.__version__,
-        "weights": cfg.MODEL.WEIGHTS,
-        "input": {"shape": [1, 3, height, width], "dtype": "float32", "pixel_format": cfg.INPUT.FORMAT,
-                  "range": [0, 255]},
-        "outputs": list(OUTPUT_NAMES),
-        "postprocess": {
+    return not any(isinstance(m, ImagePooling2d) for m in model.modules())
+
+
+def default_check_size(height, width, divisibility=None):
+    """A second size for the dynamic-shape check: about 3/4 of the export size; not a multiple of
+    32 for a network that pads itself, else the nearest multiple of ``divisibility``."""
+    h, w = (3 * height) // 4, (3 * width) // 4
+    if divisibility:
+        return max(divisibility, h - h % divisibility), max(divisibility, w - w % divisibility)
+    return max(8, h + 5), max(8, w + 7)
+
+
+def _postprocess_info(model):
+    arch = type(model).__name__
+    if arch == "PanopticDepthLab":
+        return {
             "label_divisor": model.meta.label_divisor,
             "thing_ids": sorted(model.thing_ids),
             "stuff_area": model.stuff_area,
             "center_threshold": model.threshold,
             "nms_kernel": model.nms_kernel,
             "top_k": model.top_k,
-        },
-        "max_abs_diff_exported_vs_eager": max_abs_diff,
+        }
+    return {
+        "num_classes": model.sem_seg_head.predictor.out_channels,
+        "depth_output_type": model.depth_output_type,
+        "depth_range_m": [model.min_depth, model.max_depth],
+        "size_divisibility": model._size_divisibility(),
     }
+
+
+def export(cfg, height, width, output_dir, fmt="torch_export", check_size=None):
+    """Export the model of ``cfg`` at ``height`` x ``width``; write the model file and export.json."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch not in NETWORKS:
+        raise ValueError(f"export supports {sorted(NETWORKS)}, not {arch!r}")
+    if fmt not in FORMATS:
+        raise ValueError(f"Unknown export format {fmt!r}; expected one of {sorted(FORMATS)}")
+    model = load_model(cfg)
+    os.makedirs(output_dir, exist_ok=True)
+    model_path = os.path.join(output_dir, FORMATS[fmt])
+    network = network_for(model)
+    info = {
+        "format": fmt,
+        "meta_architecture": arch,
+        "torch": torch.__version__,
+        "weights": cfg.MODEL.WEIGHTS,
+        "input": {"shape": [1, 3, height, width], "dtype": "float32", "pixel_format": cfg.INPUT.FORMAT,
+                  "range": [0, 255]},
+        "outputs": list(network.output_names),
+        "output_resolution": (
+            "input size padded up to a multiple of the size divisibility (full resolution); "
+            "model.postprocess crops the padding" if network.pads_input else "input size (a multiple of the size divisibility)"
+        ),
+        "postprocess": _postprocess_info(model),
+    }
+    if fmt == "onnx":
+        import onnx
+        import onnxruntime
+
+        dynamic = onnx_dynamic(model)
+        export_onnx(model, cfg, height, width, model_path, dynamic=dynamic)
+        sizes = [(height, width)]
+        if dynamic:
+            divisibility = None if network.pads_input else model._size_divisibility()
+            sizes.append(tuple(check_size) if check_size else default_check_size(height, width, divisibility))
+        onnx_model = load_onnx_model(model_path, cfg, model=model)
+        parity = onnx_parity(network, onnx_model, sizes)
+        max_diff = max(p["max_abs_diff_depth"] for p in parity.values())
+        agreement = min(p["argmax_agreement"] for p in parity.values())
+        info.update({
+            "onnx": {"opset": ONNX_OPSET, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                     "dynamic_axes": ({"batch": 0, "height": 2, "width": 3} if dynamic else None),
+                     "input_name": "images"},
+            "config_fingerprint": config_fingerprint(cfg),
+            "parity": parity,
+            "max_abs_diff_depth": max_diff,
+            "argmax_agreement": agreement,
+            "thresholds": {"max_abs_diff_depth": MAX_ABS_DIFF_DEPTH, "argmax_agreement": MIN_ARGMAX_AGREEMENT},
+            "parity_ok": bool(max_diff <= MAX_ABS_DIFF_DEPTH and agreement >= MIN_ARGMAX_AGREEMENT),
+        })
+    else:
+        exported, max_abs_diff = export_network(model, height, width, fmt)
+        save_exported(exported, model_path)
+        info["max_abs_diff_exported_vs_eager"] = max_abs_diff
     with open(os.path.join(output_dir, "export.json"), "w") as f:
         json.dump(info, f, indent=2)
-    logger.info("Wrote %s; exported vs eager max |diff|: %s", model_path, max_abs_diff)
+    if fmt == "onnx":
+        for size, p in info["parity"].items():
+            print(f"onnxruntime vs eager at {size}: max |depth diff| {p['max_abs_diff_depth']:.2e} m "
+                  f"(<= {MAX_ABS_DIFF_DEPTH:g}), argmax agreement {100 * p['argmax_agreement']:.3f}% "
+                  f"(>= {100 * MIN_ARGMAX_AGREEMENT:g}%)")
+        print(f"parity {'OK' if info['parity_ok'] else 'FAILED'}; wrote {model_path}")
+    else:
+        logger.info("Wrote %s; exported vs eager max |diff|: %s", model_path, info["max_abs_diff_exported_vs_eager"])
     return model_path, info
+
+
+def _size(text):
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 357x487; got {text!r}")
+    return h, w
 
 
 def get_parser():
@@ -67,7 +175,10 @@ def get_parser():
     parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
     parser.add_argument("--height", type=int, required=True, help="input height the network is exported at")
     parser.add_argument("--width", type=int, required=True, help="input width the network is exported at")
-    parser.add_argument("--format", default="torch_export", choices=sorted(FORMATS), help="torch.export (default) or TorchScript")
+    parser.add_argument("--format", default="torch_export", choices=sorted(FORMATS),
+                        help="torch.export (default), TorchScript or ONNX")
+    parser.add_argument("--check-size", type=_size, default=None, metavar="HxW",
+                        help="ONNX with dynamic H/W: the second size checked (default ~3/4 of the export size)")
     parser.add_argument("--output", required=True, help="folder for the model file and export.json")
     parser.add_argument("opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
@@ -76,7 +187,11 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="segdep_d2")
-    export(setup_cfg(args.config_file, args.opts), args.height, args.width, args.output, args.format)
+    _, info = export(setup_cfg(args.config_file, args.opts), args.height, args.width, args.output, args.format,
+                     args.check_size)
+    if info.get("parity_ok") is False:
+        sys.exit(1)
+    return info
 
 
 if __name__ == "__main__":

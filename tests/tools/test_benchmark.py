@@ -160,3 +160,89 @@ def test_benchmark_ignores_config_weight_urls(benchmark_tool):
     assert benchmark_tool.setup_cfg(args).MODEL.WEIGHTS == ""
     args.opts = ["MODEL.WEIGHTS", "/tmp/mine.pth"]
     assert benchmark_tool.setup_cfg(args).MODEL.WEIGHTS == "/tmp/mine.pth"
+
+
+# ---- HydraNet: eager / onnxruntime / torch.compile -----------------------------------------------
+NYU_CONFIG = "projects/HydraNet/configs/NYUv2-HydraNet/hydranet_mbv2_nyuv2_40.yaml"
+
+
+def _no_compiler(module, **kwargs):
+    """torch.compile on a machine without a working compiler: it fails when first called."""
+    def compiled(*args, **kw):
+        raise RuntimeError("InductorError: no C++ compiler found")
+    return compiled
+
+
+def test_hydranet_benchmark_writes_every_key(benchmark_tool, tmp_path, monkeypatch):
+    """--model hydranet at two tiny sizes, 2 runs: the keys other tools read, consistent with the
+    recorded latencies; params / gflops of the model; torch.compile failing is recorded, not fatal."""
+    import statistics
+
+    import torch
+    from detectron2.modeling import build_model
+
+    monkeypatch.setattr(torch, "compile", _no_compiler)
+    out = tmp_path / "hydranet.json"
+    report = benchmark_tool.main(["--model", "hydranet", "--sizes", "64x96,45x77", "--runs", "2", "--warmup", "1",
+                                  "--threads", "1", "--device", "cpu", "--output", str(out)])
+    assert report == json.loads(out.read_text())
+    assert report["model"] == "hydranet" and report["device"].startswith("cpu")
+    assert report["settings"]["config"] == NYU_CONFIG  # the family's default: NYUDv2, 40 classes
+    assert (report["settings"]["height"], report["settings"]["width"]) == (64, 96)
+    assert report["settings"]["sizes"] == ["64x96", "45x77"] and set(report["sizes"]) == {"64x96", "45x77"}
+
+    cfg = benchmark_tool.setup_cfg(benchmark_tool.get_parser().parse_args(["--model", "hydranet", "--output", "x"]))
+    params = sum(p.numel() for p in build_model(cfg).parameters())
+    for size, sized in report["sizes"].items():
+        lat = sized["latency_ms"]
+        assert set(lat) == {"eager", "eager_nchw", "eager_channels_last", "onnxruntime"}  # no compile
+        assert all(len(v) == 2 and min(v) > 0 for v in lat.values())
+        chosen = sized["chosen"]["eager"]
+        assert lat["eager"] == lat[chosen]
+        other = {"eager_nchw", "eager_channels_last"} - {chosen}
+        assert statistics.median(lat[chosen]) <= statistics.median(lat[other.pop()])
+        assert sized["eager_memory_format"] == {"eager_nchw": "nchw", "eager_channels_last": "channels_last"}[chosen]
+        ratio = statistics.median(lat["eager"]) / statistics.median(lat["onnxruntime"])
+        assert sized["onnxruntime_vs_eager"] == pytest.approx(ratio)
+        assert sized["ratio_spread"]["onnxruntime_vs_eager"]["paired"] == pytest.approx(
+            [a / b for a, b in zip(lat["eager"], lat["onnxruntime"])])
+        assert sized["params"] == params == 3_068_969
+        assert sized["gflops"] > 0 and sized["gflops_paper_640x480"] == 6.5
+        assert sized["compile"]["used"] is False and "no C++ compiler" in sized["compile"]["reason"]
+        assert "compile" in sized["unavailable"] and "compile_vs_eager" not in sized["ratios"]
+        fastest = min(("eager", "onnxruntime"), key=lambda k: statistics.median(lat[k]))
+        assert sized["fastest_runtime"] == fastest
+        assert set(sized["peak_memory_mb"]) == {"eager_nchw", "eager_channels_last"}
+        assert "targets" not in sized  # targets are for 480x640
+    # both sizes pad to 64x96: the same network, the same FLOPs
+    assert report["sizes"]["64x96"]["gflops"] == pytest.approx(report["sizes"]["45x77"]["gflops"])
+    for key in ("latency_ms", "params", "gflops", "onnxruntime_vs_eager"):  # the first size at the top level
+        assert report[key] == report["sizes"]["64x96"][key]
+
+
+def test_hydranet_benchmark_with_torch_compile(benchmark_tool, tmp_path):
+    """The real torch.compile (inductor) at one tiny size: timed beside the others, and whether it
+    beat eager recorded (one compilation: tens of seconds on a 2-core CPU)."""
+    report = benchmark_tool.main(["--model", "hydranet", "--sizes", "32x32", "--runs", "1", "--warmup", "1",
+                                  "--threads", "1", "--device", "cpu", "--skip-memory", "--output",
+                                  str(tmp_path / "b.json")])
+    assert "sizes" not in report and len(report["latency_ms"]["compile"]) == 1
+    faster = report["median_ms"]["compile"] < report["median_ms"]["eager"]
+    assert report["compile"]["used"] is faster
+    assert report["ratios"]["compile_vs_eager"] == pytest.approx(
+        report["median_ms"]["eager"] / report["median_ms"]["compile"])
+
+
+def test_hydranet_targets_at_640x480(benchmark_tool):
+    """The 640x480 summary states issue 11's targets from the medians."""
+    report = {"median_ms": {"eager": 300.0, "onnxruntime": 140.0, "compile": 180.0},
+              "ratios": {"onnxruntime_vs_eager": 300.0 / 140.0}, "chosen": {"eager": "eager_channels_last"}}
+    summary = benchmark_tool.hydranet_summary(report, None, 480, 640)
+    assert summary["fastest_runtime"] == "onnxruntime" and summary["fastest_median_ms"] == 140.0
+    assert summary["targets"]["fastest_median_ms_met"] and summary["targets"]["onnxruntime_vs_eager_met"]
+    assert summary["compile"]["used"] is True
+    report["median_ms"].update(onnxruntime=160.0, compile=400.0)
+    report["ratios"]["onnxruntime_vs_eager"] = 300.0 / 160.0
+    summary = benchmark_tool.hydranet_summary(report, None, 480, 640)
+    assert not summary["targets"]["fastest_median_ms_met"] and summary["targets"]["onnxruntime_vs_eager_met"]
+    assert summary["compile"]["used"] is False and "slower than eager" in summary["compile"]["reason"]

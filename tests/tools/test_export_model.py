@@ -72,3 +72,160 @@ def test_export_rejects_a_size_the_backbone_cannot_take(tool, tmp_path):
     cfg = tool.setup_cfg(CONFIG, ["MODEL.DEVICE", "cpu"])
     with pytest.raises(ValueError, match=r"100x320 must be a multiple of the backbone's size divisibility 32"):
         tool.export(cfg, 100, 320, str(tmp_path))
+
+
+# ---- ONNX ----------------------------------------------------------------------------------------
+HYDRANET_CONFIG = os.path.join(REPO_ROOT, "projects/HydraNet/configs/Synthetic-HydraNet/hydranet_mbv2_cpu.yaml")
+HH, HW = 64, 96  # export size (a multiple of 32)
+CHECK = (45, 77)  # the second, dynamic size (not a multiple of 32)
+
+
+@pytest.fixture(scope="module")
+def hydranet_weights(tool, tmp_path_factory):
+    """HydraNet weights whose depth varies over the image (a fresh build predicts ~10 m almost
+    everywhere, which would make the depth parity check trivially easy)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    cfg = tool.setup_cfg(HYDRANET_CONFIG, ["MODEL.DEVICE", "cpu"])
+    torch.manual_seed(2)
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.depth_head.predictor.weight.normal_(0, 0.2)
+        model.depth_head.predictor.bias.fill_(2.0)
+    save_dir = tmp_path_factory.mktemp("hydranet_weights")
+    DetectionCheckpointer(model, save_dir=str(save_dir)).save("model")
+    return str(save_dir / "model.pth")
+
+
+@pytest.fixture(scope="module")
+def hydranet_onnx(tool, hydranet_weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hydranet_onnx")
+    info = tool.main(["--config-file", HYDRANET_CONFIG, "--format", "onnx", "--height", str(HH), "--width", str(HW),
+                      "--check-size", f"{CHECK[0]}x{CHECK[1]}", "--output", str(out),
+                      "MODEL.WEIGHTS", hydranet_weights, "MODEL.DEVICE", "cpu"])
+    return out, info
+
+
+def _hydranet(tool, weights, *opts):
+    cfg = tool.setup_cfg(HYDRANET_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", weights, *opts])
+    return cfg, tool.load_model(cfg)
+
+
+def test_hydranet_onnx_export_is_dynamic_and_matches_eager(tool, hydranet_onnx, hydranet_weights):
+    import onnx
+
+    out, info = hydranet_onnx
+    assert json.loads((out / "export.json").read_text()) == info
+    assert info["format"] == "onnx" and info["onnx"]["opset"] >= 17
+    assert info["outputs"] == ["sem_seg_logits", "depth"]
+    assert set(info["parity"]) == {f"{HH}x{HW}", f"{CHECK[0]}x{CHECK[1]}"}
+    # the second size went through the in-graph padding: outputs at the padded size
+    assert info["parity"]["45x77"]["output_shape"] == [1, 14, 64, 96]
+    assert info["max_abs_diff_depth"] <= 1e-3 and info["argmax_agreement"] >= 0.999 and info["parity_ok"]
+    assert info["max_abs_diff_depth"] == max(p["max_abs_diff_depth"] for p in info["parity"].values())
+    assert info["config_fingerprint"]["num_classes"] == 14
+
+    proto = onnx.load(str(out / "model.onnx"))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    dims = [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[0] and dims[2] and dims[3]  # batch, height and width are symbolic
+    assert "segdep_d2.config" in {p.key for p in proto.metadata_props}
+
+    # A user's path: load the file for this config, run it on detectron2 inputs of other sizes
+    # (one resized on output), compare with the eager model.
+    from segdep_d2.modeling.export import load_onnx_model
+
+    cfg, model = _hydranet(tool, hydranet_weights)
+    onnx_model = load_onnx_model(str(out / "model.onnx"), cfg)
+    g = torch.Generator().manual_seed(3)
+    for (h, w), (height, width) in (((HH, HW), (HH, HW)), ((70, 110), (70, 110)), ((50, 80), (100, 160))):
+        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+        inputs = [{"image": image, "height": height, "width": width}]
+        with torch.no_grad():
+            eager = model(inputs)[0]
+            sem, depth = onnx_model.network(image[None].float())
+            from_onnx = model.postprocess(sem, depth, inputs, [(h, w)])[0]
+        assert sem.shape[-2:] == (-(-h // 32) * 32, -(-w // 32) * 32)  # padded input size, full resolution
+        assert from_onnx["depth"].shape == (height, width)
+        assert float(eager["depth"].max() - eager["depth"].min()) > 0.5  # depth varies: a real check
+        assert float((from_onnx["depth"] - eager["depth"]).abs().max()) <= 1e-3
+        agreement = (from_onnx["sem_seg"].argmax(0) == eager["sem_seg"].argmax(0)).float().mean()
+        assert float(agreement) >= 0.999
+        torch.testing.assert_close(onnx_model(inputs)[0]["depth"], from_onnx["depth"])
+
+
+def test_hydranet_export_at_a_size_not_divisible_by_32_pads(tool, hydranet_weights, tmp_path, capsys):
+    """50x70 is no multiple of 32: the graph pads to 64x96 instead of failing (every format)."""
+    cfg, _ = _hydranet(tool, hydranet_weights)
+    _, info = tool.export(cfg, 50, 70, str(tmp_path / "onnx"), "onnx")
+    assert info["parity_ok"] and info["parity"]["50x70"]["output_shape"] == [1, 14, 64, 96]
+    printed = capsys.readouterr().out  # the checks are printed
+    assert "onnxruntime vs eager at 50x70: max |depth diff|" in printed and "argmax agreement" in printed
+    assert "parity OK" in printed
+    _, info = tool.export(cfg, 50, 70, str(tmp_path / "ts"), "torchscript")
+    assert max(info["max_abs_diff_exported_vs_eager"].values()) < 1e-4
+    network = torch.jit.load(str(tmp_path / "ts" / "model.ts"))
+    sem, depth = network(torch.rand(1, 3, 50, 70) * 255)
+    assert sem.shape == (1, 14, 64, 96) and depth.shape == (1, 1, 64, 96)
+
+
+def test_onnx_file_from_another_config_is_refused(tool, hydranet_onnx, hydranet_weights, tmp_path):
+    import onnx
+
+    from segdep_d2.modeling.export import load_onnx_model
+
+    path = str(hydranet_onnx[0] / "model.onnx")
+    cfg40, _ = _hydranet(tool, hydranet_weights, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "40")
+    with pytest.raises(ValueError, match=r"another config.*num_classes: file 14, config 40"):
+        load_onnx_model(path, cfg40)
+    cfg_nyu = tool.setup_cfg(os.path.join(REPO_ROOT, "projects/HydraNet/configs/NYUv2-HydraNet/hydranet_mbv2_nyuv2_40.yaml"),
+                             ["MODEL.DEVICE", "cpu"])
+    with pytest.raises(ValueError, match=r"num_classes: file 14, config 40; max_depth: file 80.0, config 10.0"):
+        load_onnx_model(path, cfg_nyu)
+    pdl = tool.setup_cfg(CONFIG, ["MODEL.DEVICE", "cpu"])
+    with pytest.raises(ValueError, match=r"meta_architecture: file 'HydraNet', config 'PanopticDepthLab'.*output_names"):
+        load_onnx_model(path, pdl)
+    # a file without segdep_d2's metadata (exported by hand, or stripped)
+    proto = onnx.load(path)
+    del proto.metadata_props[:]
+    bare = str(tmp_path / "bare.onnx")
+    onnx.save(proto, bare)
+    cfg, _ = _hydranet(tool, hydranet_weights)
+    with pytest.raises(ValueError, match=r"no segdep_d2 config metadata"):
+        load_onnx_model(bare, cfg)
+    with pytest.raises(FileNotFoundError, match=r"does not exist"):
+        load_onnx_model(str(tmp_path / "missing.onnx"), cfg)
+
+
+def test_panoptic_depthlab_onnx_export(tool, trained_like, tmp_path):
+    """PanopticDepthLab exports to ONNX too; with global ASPP pooling (no training crop) its
+    height / width are dynamic, and onnxruntime + model.postprocess gives the eager panoptic result."""
+    from segdep_d2.modeling.export import load_onnx_model
+
+    cfg = tool.setup_cfg(CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", trained_like])
+    _, info = tool.export(cfg, H, W, str(tmp_path), "onnx")
+    assert info["outputs"] == ["sem_seg_logits", "center_heatmap", "offsets", "depth"]
+    assert info["onnx"]["dynamic_axes"] and len(info["parity"]) == 2 and info["parity_ok"]
+    model = tool.load_model(cfg)
+    onnx_model = load_onnx_model(str(tmp_path / "model.onnx"), cfg, model=model)
+    image = torch.randint(0, 256, (3, H, W), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    inputs = [{"image": image, "height": H, "width": W}]
+    with torch.no_grad():
+        eager, exported = model(inputs)[0], onnx_model(inputs)[0]
+    torch.testing.assert_close(exported["depth"], eager["depth"], rtol=1e-4, atol=1e-3)
+    assert torch.equal(exported["panoptic_seg"][0], eager["panoptic_seg"][0])
+
+
+def test_panoptic_depthlab_onnx_with_fixed_aspp_pooling_is_static(tool, tmp_path):
+    """A cropped-training config's ASPP pools with a fixed kernel: the ONNX export is static-size,
+    and the loader says so when given another size."""
+    from segdep_d2.modeling.export import load_onnx_model
+
+    cfg = tool.setup_cfg(CONFIG, ["MODEL.DEVICE", "cpu", "INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE",
+                                  "absolute", "INPUT.CROP.SIZE", "(128, 256)"])
+    _, info = tool.export(cfg, 128, 256, str(tmp_path), "onnx")
+    assert info["onnx"]["dynamic_axes"] is None and list(info["parity"]) == ["128x256"] and info["parity_ok"]
+    onnx_model = load_onnx_model(str(tmp_path / "model.onnx"), cfg)
+    with pytest.raises(ValueError, match=r"static size 128x256; got images of 64x128"):
+        onnx_model.network(torch.zeros(1, 3, 64, 128))
