@@ -50,3 +50,31 @@ def synthetic_kitti(tmp_path_factory):
     root = os.path.join(str(tmp_path_factory.mktemp("datasets")), "kitti")
     summary = generate_kitti(root, frames=3, semantic_frames=2, height=64, width=212, seed=0)
     return root, summary
+
+
+CPU_TEACHER_CONFIG = os.path.join(
+    REPO_ROOT, "projects/PanopticDepthLab/configs/Synthetic-PanopticDepth/panoptic_depthlab_R_18_os32_cpu.yaml"
+)
+CPU_TEACHER_OPTS = ["INPUT.MIN_SIZE_TEST", "32", "MODEL.DEVICE", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def teacher_weights(tmp_path_factory):
+    """A checkpoint of the tiny CPU PanopticDepthLab (random weights, seed 0), saved the way training
+    saves one, for tools that load a trained model (pseudo-labels)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from segdep_d2 import add_segdep_config
+
+    folder = str(tmp_path_factory.mktemp("teacher"))
+    cfg = get_cfg()
+    add_segdep_config(cfg)
+    cfg.merge_from_file(CPU_TEACHER_CONFIG)
+    cfg.merge_from_list(CPU_TEACHER_OPTS)
+    import torch
+
+    torch.manual_seed(0)
+    DetectionCheckpointer(build_model(cfg), save_dir=folder).save("teacher")
+    return os.path.join(folder, "teacher.pth")

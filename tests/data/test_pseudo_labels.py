@@ -116,22 +116,9 @@ def test_sem_seg_pseudo_label_merges_mapped_probabilities():
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
+def teacher(teacher_weights):
     """(cfg, model, weights): the tiny CPU PanopticDepthLab with random weights saved and loaded back."""
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
-
-    from segdep_d2 import add_segdep_config
-
-    folder = str(tmp_path_factory.mktemp("teacher"))
-    cfg = get_cfg()
-    add_segdep_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(OPTS)
-    torch.manual_seed(0)
-    DetectionCheckpointer(build_model(cfg), save_dir=folder).save("teacher")
-    weights = os.path.join(folder, "teacher.pth")
+    weights = teacher_weights
     cfg, model = load_teacher(CONFIG, weights, OPTS)
     return cfg, model, weights
 

@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
@@ -21,25 +20,7 @@ SCRIPT = os.path.join(REPO, "tools", "generate_pseudo_labels.py")
 CONFIG = os.path.join(
     REPO, "projects/PanopticDepthLab/configs/Synthetic-PanopticDepth/panoptic_depthlab_R_18_os32_cpu.yaml"
 )
-OPTS = ["INPUT.MIN_SIZE_TEST", "32", "MODEL.DEVICE", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def teacher_weights(tmp_path_factory):
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
-
-    from segdep_d2 import add_segdep_config
-
-    folder = str(tmp_path_factory.mktemp("teacher"))
-    cfg = get_cfg()
-    add_segdep_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(OPTS)
-    torch.manual_seed(0)
-    DetectionCheckpointer(build_model(cfg), save_dir=folder).save("teacher")
-    return os.path.join(folder, "teacher.pth")
+OPTS = ["INPUT.MIN_SIZE_TEST", "32", "MODEL.DEVICE", "cpu"]  # as the teacher_weights fixture (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

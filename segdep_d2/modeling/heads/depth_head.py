@@ -21,6 +21,18 @@ DEPTH_HEAD_REGISTRY.__doc__ = """Registry for depth decoders, which predict metr
 OUTPUT_TYPES = ("log", "sigmoid")
 
 
+def check_depth_settings(output_type, losses, loss_weights):
+    """Validate the ``MODEL.DEPTH_HEAD`` output type and loss list, shared by every depth branch."""
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"MODEL.DEPTH_HEAD.OUTPUT_TYPE {output_type!r}; expected one of {OUTPUT_TYPES}")
+    unknown = set(losses) - set(DEPTH_LOSSES)
+    if unknown or len(losses) != len(loss_weights) or not losses:
+        raise ValueError(
+            f"MODEL.DEPTH_HEAD.LOSSES {list(losses)} / LOSS_WEIGHTS {list(loss_weights)}: need equal, "
+            f"non-empty lists of names from {sorted(DEPTH_LOSSES)}"
+        )
+
+
 def build_depth_head(cfg, input_shape):
     return DEPTH_HEAD_REGISTRY.get(cfg.MODEL.DEPTH_HEAD.NAME)(cfg, input_shape)
 
@@ -63,14 +75,7 @@ class PanopticDepthLabDepthHead(DeepLabV3PlusHead):
     ):
         super().__init__(input_shape, decoder_channels=decoder_channels, norm=norm, **kwargs)
         assert self.decoder_only
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"MODEL.DEPTH_HEAD.OUTPUT_TYPE {output_type!r}; expected one of {OUTPUT_TYPES}")
-        unknown = set(losses) - set(DEPTH_LOSSES)
-        if unknown or len(losses) != len(loss_weights) or not losses:
-            raise ValueError(
-                f"MODEL.DEPTH_HEAD.LOSSES {list(losses)} / LOSS_WEIGHTS {list(loss_weights)}: need equal, "
-                f"non-empty lists of names from {sorted(DEPTH_LOSSES)}"
-            )
+        check_depth_settings(output_type, losses, loss_weights)
         self.output_type = output_type
         self.min_depth = min_depth
         self.max_depth = max_depth

@@ -18,7 +18,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 from torch.nn import functional as F
 
-from ..heads.depth_head import OUTPUT_TYPES, depth_from_logits
+from ..heads.depth_head import check_depth_settings, depth_from_logits
 from ..heads.refinenet import HydraTaskHead, LightWeightRefineNetDecoder
 from ..losses import DEPTH_LOSSES, UncertaintyWeighting, masked_cross_entropy
 
@@ -75,14 +75,7 @@ class HydraNet(nn.Module):
         silog_variance_focus: float = 0.85,
     ):
         super().__init__()
-        if depth_output_type not in OUTPUT_TYPES:
-            raise ValueError(f"MODEL.DEPTH_HEAD.OUTPUT_TYPE {depth_output_type!r}; expected one of {OUTPUT_TYPES}")
-        unknown = set(depth_losses) - set(DEPTH_LOSSES)
-        if unknown or len(depth_losses) != len(depth_loss_weights) or not depth_losses:
-            raise ValueError(
-                f"MODEL.DEPTH_HEAD.LOSSES {list(depth_losses)} / LOSS_WEIGHTS {list(depth_loss_weights)}: need "
-                f"equal, non-empty lists of names from {sorted(DEPTH_LOSSES)}"
-            )
+        check_depth_settings(depth_output_type, depth_losses, depth_loss_weights)
         self.backbone = backbone
         self.decoder = decoder
         self.sem_seg_head = sem_seg_head
