@@ -8,7 +8,6 @@ from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_tes
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import DatasetEvaluators
-from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
@@ -17,21 +16,11 @@ from detectron2.utils import comm
 from ..data import DepthPanopticDatasetMapper
 from ..data.label_io import has_panoptic
 from ..evaluation import DepthEvaluator, LabelledSemSegEvaluator, PanopticDepthEvaluator
+from ..modeling.meta_arch import model_outputs
 
-__all__ = ["SegDepTrainer", "build_evaluators", "model_outputs"]
+__all__ = ["SegDepTrainer", "build_evaluators"]
 
 logger = logging.getLogger(__name__)
-
-ALL_OUTPUTS = ("sem_seg", "depth", "panoptic_seg")
-
-
-def model_outputs(cfg):
-    """The inference outputs of ``cfg.MODEL.META_ARCHITECTURE``: its class attribute ``OUTPUTS``
-    (e.g. HydraNet's ``("sem_seg", "depth")``), or all of ``sem_seg``, ``depth`` and
-    ``panoptic_seg`` for a meta-arch that does not declare it (PanopticDepthLab)."""
-    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
-    return tuple(getattr(arch, "OUTPUTS", ALL_OUTPUTS))
-
 
 def build_evaluators(cfg, dataset_name, output_folder=None):
     """The evaluators the dataset's records call for: semantic (detectron2's SemSegEvaluator)
@@ -104,25 +93,6 @@ def _ddp_for_cpu_models():
         d2_defaults.create_ddp_model = original
 
 
-_PANOPTIC_KEYS = ("pan_seg_file_name", "segments_info", "instance_file_name")
-
-
-class _SemanticTargetsOnly:
-    """The training mapper for a model without panoptic output (HydraNet): a record that has plain
-    semantic labels (``sem_seg_file_name``) is mapped without its panoptic keys, so no center /
-    offset targets are generated for nothing. A record whose semantics exist only as panoptic
-    labels keeps them (its ``sem_seg`` comes from the panoptic target generator)."""
-
-    def __init__(self, mapper):
-        self.mapper = mapper
-
-    def __call__(self, dataset_dict):
-        if "sem_seg_file_name" in dataset_dict and has_panoptic(dataset_dict):
-            dataset_dict = {k: v for k, v in dataset_dict.items() if k not in _PANOPTIC_KEYS}
-            assert not has_panoptic(dataset_dict), "label_io.has_panoptic reads a key _PANOPTIC_KEYS lacks"
-        return self.mapper(dataset_dict)
-
-
 class SegDepTrainer(DefaultTrainer):
     """DefaultTrainer with segdep_d2's mapper, evaluators, optimizer and DeepLab's LR schedule."""
 
@@ -132,10 +102,7 @@ class SegDepTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        mapper = DepthPanopticDatasetMapper(cfg, is_train=True)
-        if "panoptic_seg" not in model_outputs(cfg):
-            mapper = _SemanticTargetsOnly(mapper)
-        return build_detection_train_loader(cfg, mapper=mapper)
+        return build_detection_train_loader(cfg, mapper=DepthPanopticDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -86,6 +86,34 @@ def test_samples_without_labels_lack_targets(tmp_path):
     assert "depth" not in out and "sem_seg" in out
 
 
+def test_without_panoptic_targets_a_record_with_semantic_labels_skips_the_target_generator(tmp_path):
+    """HydraNet's case: no center / offset work for a record that has plain semantic labels; a
+    panoptic-only record still gets its sem_seg from the generator."""
+    record = _coordinate_sample(tmp_path)
+    ids = np.full((record["height"], record["width"]), 7, dtype=np.uint32)
+    Image.fromarray(np.stack([ids % 256, ids // 256, ids // 65536], -1).astype(np.uint8)).save(tmp_path / "pan.png")
+    record.update(pan_seg_file_name=str(tmp_path / "pan.png"), segments_info=[{"id": 7, "category_id": 2, "iscrowd": 0}])
+    calls = []
+
+    def generator(ids, segments_info):
+        calls.append(1)
+        return {"sem_seg": torch.full(ids.shape, 2, dtype=torch.long), "center": torch.zeros(ids.shape)}
+
+    def mapper(panoptic_targets):
+        return DepthPanopticDatasetMapper(
+            True, augmentations=[], image_format="RGB", depth_range=(1e-3, 1e5),
+            panoptic_target_generator=generator, panoptic_targets=panoptic_targets,
+        )
+
+    out = mapper(False)(record)
+    assert not calls and "center" not in out
+    assert torch.equal(out["sem_seg"], torch.from_numpy(np.asarray(Image.open(tmp_path / "sem.png"))).long())
+    panoptic_only = {k: v for k, v in record.items() if k != "sem_seg_file_name"}
+    out = mapper(False)(panoptic_only)
+    assert calls == [1] and (out["sem_seg"] == 2).all()
+    assert "center" in mapper(True)(record)  # a panoptic model gets its targets
+
+
 def test_test_mapper_prepares_image_only(tmp_path):
     record = _coordinate_sample(tmp_path)
     mapper = DepthPanopticDatasetMapper(False, augmentations=[T.ResizeShortestEdge(48, 1000)], image_format="RGB", depth_range=(1e-3, 80.0))

@@ -42,18 +42,29 @@ class DepthPanopticDatasetMapper:
         image_format: str,
         depth_range: Tuple[float, float],
         panoptic_target_generator: Optional[Callable] = None,
+        panoptic_targets: bool = True,
     ):
+        """
+        Args:
+            panoptic_targets: build center / offset targets (the model has a panoptic output).
+                When False (HydraNet), a record with ``sem_seg_file_name`` is read as semantic
+                labels only; one whose semantics exist only as panoptic labels still goes through
+                the target generator, whose ``sem_seg`` is the one the model needs.
+        """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.depth_range = tuple(depth_range)
         self.panoptic_target_generator = panoptic_target_generator
+        self.panoptic_targets = panoptic_targets
         logging.getLogger(__name__).info(
             f"[DepthPanopticDatasetMapper] {'train' if is_train else 'test'} augmentations: {augmentations}"
         )
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
+        from ...modeling.meta_arch import model_outputs  # at call time: modeling imports data
+
         dataset_name = cfg.DATASETS.TRAIN[0] if is_train else cfg.DATASETS.TEST[0]
         meta = MetadataCatalog.get(dataset_name)
         generator = PanopticDeepLabTargetGenerator(
@@ -71,6 +82,7 @@ class DepthPanopticDatasetMapper:
             "image_format": cfg.INPUT.FORMAT,
             "depth_range": meta.get("depth_range", (1e-3, 80.0)),
             "panoptic_target_generator": generator,
+            "panoptic_targets": "panoptic_seg" in model_outputs(cfg),
         }
 
     def __call__(self, dataset_dict):
@@ -81,7 +93,8 @@ class DepthPanopticDatasetMapper:
         label, segments_info = None, None
         depth = None
         if self.is_train:
-            if has_panoptic(dataset_dict) and self.panoptic_target_generator is not None:
+            use_panoptic = self.panoptic_targets or "sem_seg_file_name" not in dataset_dict
+            if has_panoptic(dataset_dict) and self.panoptic_target_generator is not None and use_panoptic:
                 ids, segments_info = read_panoptic(dataset_dict)
                 # RGB-packed ids go through the uint8 segmentation path (nearest resize).
                 label = id2rgb(ids)
