@@ -37,6 +37,11 @@ def add_segdep_config(cfg):
     cfg.MODEL.DEPTH_HEAD.SILOG_VARIANCE_FOCUS = 0.85
     cfg.MODEL.DEPTH_HEAD.LOSS_WEIGHT = 1.0
 
+    # ---- data ----
+    # Pseudo-label folders (tools/generate_pseudo_labels.py --output DIR) registered before the data
+    # is built, under the names the tool prints (<dataset>_pseudo_<task>), for DATASETS.TRAIN / TEST.
+    cfg.DATASETS.PSEUDO_LABELS = []
+
     # ---- evaluation ----
     cfg.TEST.DEPTH = CN()
     # The valid ground-truth range (min, max) in metres comes from the dataset's metadata

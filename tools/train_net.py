@@ -13,6 +13,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import segdep_d2  # noqa: E402,F401  (registers datasets and models)
 from segdep_d2 import add_segdep_config  # noqa: E402
@@ -26,6 +28,8 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    # default_setup logs detectron2's and fvcore's messages; ours (e.g. each dataset's label counts) too
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="segdep_d2")
     return cfg
 
 

@@ -4,7 +4,13 @@ import logging
 import os
 
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import DatasetEvaluators
@@ -15,12 +21,58 @@ from detectron2.utils import comm
 
 from ..data import DepthPanopticDatasetMapper
 from ..data.label_io import has_panoptic
+from ..data.pseudo_labels import register_pseudo_labels
 from ..evaluation import DepthEvaluator, LabelledSemSegEvaluator, PanopticDepthEvaluator
 from ..modeling.meta_arch import model_outputs
 
-__all__ = ["SegDepTrainer", "build_evaluators"]
+__all__ = ["SegDepTrainer", "build_evaluators", "label_counts", "register_config_datasets", "training_dicts"]
 
 logger = logging.getLogger(__name__)
+
+# Which record labels train each model output (panoptic labels give the semantic target too).
+_LABELS_FOR_OUTPUT = {"sem_seg": ("sem_seg", "panoptic"), "depth": ("depth",), "panoptic_seg": ("panoptic",)}
+
+
+def label_counts(records):
+    """How many records carry each label type: ``{"sem_seg", "depth", "panoptic"} -> int``."""
+    return {
+        "sem_seg": sum("sem_seg_file_name" in r for r in records),
+        "depth": sum("depth_file_name" in r for r in records),
+        "panoptic": sum(has_panoptic(r) for r in records),
+    }
+
+
+def register_config_datasets(cfg):
+    """Register the pseudo-label folders of ``DATASETS.PSEUDO_LABELS`` (written by
+    tools/generate_pseudo_labels.py) under their ``<source>_pseudo_<task>`` names, so that
+    ``DATASETS.TRAIN`` / ``TEST`` can list them in a config. Returns the names."""
+    return [register_pseudo_labels(folder) for folder in cfg.DATASETS.PSEUDO_LABELS]
+
+
+def training_dicts(cfg):
+    """The records of every ``DATASETS.TRAIN`` dataset, concatenated; each dataset must carry a
+    label the model learns from (a dataset with neither segmentation nor depth would train nothing
+    and, mixed with others, only dilute the batches)."""
+    outputs = model_outputs(cfg)
+    wanted = sorted({label for out in outputs for label in _LABELS_FOR_OUTPUT.get(out, ())})
+    dicts = []
+    for name in cfg.DATASETS.TRAIN:
+        records = get_detection_dataset_dicts([name], filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        counts = label_counts(records)
+        if not any(counts[label] for label in wanted):
+            raise ValueError(
+                f"Training dataset {name!r} has no label {cfg.MODEL.META_ARCHITECTURE} learns from "
+                f"({', '.join(wanted)}): its {len(records)} records carry "
+                + ", ".join(f"{n} {kind}" for kind, n in counts.items())
+                + " labels. Give it labels (e.g. tools/generate_pseudo_labels.py) or leave it out of DATASETS.TRAIN"
+            )
+        logger.info(
+            f"Training on {name} ({len(records)} images): "
+            + ", ".join(f"{n} with {kind} labels" for kind, n in counts.items())
+        )
+        dicts.extend(records)
+    return dicts
+
 
 def build_evaluators(cfg, dataset_name, output_folder=None):
     """The evaluators the dataset's records call for: semantic (detectron2's SemSegEvaluator)
@@ -31,11 +83,7 @@ def build_evaluators(cfg, dataset_name, output_folder=None):
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     records = DatasetCatalog.get(dataset_name)
-    counts = {
-        "sem_seg": sum("sem_seg_file_name" in r for r in records),
-        "depth": sum("depth_file_name" in r for r in records),
-        "panoptic": sum(has_panoptic(r) for r in records),
-    }
+    counts = label_counts(records)
     logger.info(
         f"Evaluating {dataset_name} ({len(records)} images): "
         + ", ".join(f"{n} with {kind} labels" for kind, n in counts.items())
@@ -97,15 +145,19 @@ class SegDepTrainer(DefaultTrainer):
     """DefaultTrainer with segdep_d2's mapper, evaluators, optimizer and DeepLab's LR schedule."""
 
     def __init__(self, cfg):
+        register_config_datasets(cfg)
         with _ddp_for_cpu_models():
             super().__init__(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=DepthPanopticDatasetMapper(cfg, is_train=True))
+        return build_detection_train_loader(
+            cfg, mapper=DepthPanopticDatasetMapper(cfg, is_train=True), dataset=training_dicts(cfg)
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        register_config_datasets(cfg)  # --eval-only builds no trainer
         return build_detection_test_loader(cfg, dataset_name, mapper=DepthPanopticDatasetMapper(cfg, is_train=False))
 
     @classmethod

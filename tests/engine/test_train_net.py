@@ -231,3 +231,53 @@ def test_hydranet_trains_and_evaluates_without_panoptic(datasets, tmp_path):
     assert set(results) == {"sem_seg", "depth"}
     assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0
     assert results["depth"]["num_images"] == 2 and np.isfinite(results["depth"]["AbsRel"])
+
+
+def test_a_training_dataset_without_labels_is_refused_by_name(datasets, tmp_path):
+    """A dataset with neither segmentation nor depth in DATASETS.TRAIN: a clear error naming it,
+    before any training step."""
+    folder = _depth_only_folder(tmp_path / "bare")
+    name = "test_engine_train_bare"
+    DatasetCatalog.register(name, lambda: [{"file_name": str(folder / "image" / f"{i:06d}.png"), "image_id": str(i),
+                                            "height": 48, "width": 80} for i in range(2)])
+    MetadataCatalog.get(name).set(**{k: v for k, v in MetadataCatalog.get("test_engine_train").as_dict().items()
+                                     if k != "name"})
+    cfg = _hydranet_cfg(tmp_path, "DATASETS.TRAIN", f"('test_engine_train', '{name}')")
+    with pytest.raises(ValueError, match=f"Training dataset '{name}' has no label HydraNet learns from"):
+        SegDepTrainer(cfg)
+
+
+def test_pseudo_label_folders_in_the_config_are_registered_for_training_and_evaluation(datasets, tmp_path):
+    """DATASETS.PSEUDO_LABELS: a config (and so tools/train_net.py) can list the folders of
+    tools/generate_pseudo_labels.py and train / evaluate on their <dataset>_pseudo_<task> names."""
+    from segdep_d2.data.pseudo_labels import generate_pseudo_labels
+
+    torch.manual_seed(0)
+    cfg = _hydranet_cfg(tmp_path / "teacher")
+    teacher = SegDepTrainer.build_model(cfg).eval()
+    folder = tmp_path / "pseudo"
+    summary = generate_pseudo_labels(cfg, teacher, "test_engine_val", "depth", str(folder),
+                                     overwrite_existing_labels=True, progress=False, register=False)
+    name = summary["name"]
+    assert name == "test_engine_val_pseudo_depth"
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+    cfg = _hydranet_cfg(tmp_path / "student", "DATASETS.PSEUDO_LABELS", f"['{folder}']",
+                        "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", f"('{name}',)",
+                        "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1000")
+    trainer = SegDepTrainer(cfg)
+    assert name in DatasetCatalog.list()
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert trainer.storage.history("hydranet/num_depth_samples").latest() == 2  # pseudo depth reached it
+    DatasetCatalog.remove(name)  # --eval-only builds no trainer: the test loader registers it too
+    MetadataCatalog.remove(name)
+    results = SegDepTrainer.test(cfg, trainer.model)
+    assert results["depth"]["num_images"] == 2
+    # Scored against the teacher's depth, not the real one: two steps from a near-constant start
+    # stay close to a near-constant teacher, far from the synthetic scene's real depth.
+    cfg.DATASETS.TEST = ("test_engine_val",)
+    real = SegDepTrainer.test(cfg, trainer.model)
+    assert results["depth"]["AbsRel"] < 0.2 * real["depth"]["AbsRel"]
