@@ -52,6 +52,8 @@ def add_segdep_config(cfg):
     cfg.TEST.DEPTH.DPQ_THRESHOLDS = [0.1, 0.25, 0.5]
 
     _add_hydranet_config(cfg)
+    _add_segdep_model_config(cfg)
+    _add_segdep_text_config(cfg)
     return cfg
 
 
@@ -87,3 +89,57 @@ def _add_hydranet_config(cfg):
     # Kendall uncertainty weighting (SafeTrip-Q): learned log-variances s_i replace the two loss
     # weights above, L = sum_i exp(-s_i) L_i + s_i.
     cfg.MODEL.HYDRANET.UNCERTAINTY_WEIGHTING = False
+
+
+def _add_segdep_model_config(cfg):
+    """``MODEL.SEGDEP``: HRNetV2 + FPN scale alignment (+ the text and task heads of the SegDep family)."""
+    if "SEGDEP" in cfg.MODEL:
+        return
+    cfg.MODEL.SEGDEP = CN()
+    # ---- backbone + FPN ----
+    # build_hrnet_backbone: timm model name ("hrnet_w32"; "hrnet_w18_small" for CPU runs), the branches
+    # it outputs (hr1..hr4 = strides 4, 8, 16, 32), and a local checkpoint ("" = random init): timm's
+    # ImageNet file, an HRNet-Semantic-Segmentation (Cityscapes) model or a detectron2 .pth / .pkl.
+    cfg.MODEL.SEGDEP.HRNET_NAME = "hrnet_w32"
+    cfg.MODEL.SEGDEP.HRNET_OUT_FEATURES = ["hr1", "hr2", "hr3", "hr4"]
+    cfg.MODEL.SEGDEP.HRNET_WEIGHTS = ""
+    # Norm of the backbone ("BN", "SyncBN", "FrozenBN") and of the FPN's 1x1 convs (any detectron2 norm).
+    cfg.MODEL.SEGDEP.NORM = "BN"
+    # ScaleAlignmentFPN: every branch projected to FPN_CHANNELS at 1/4 resolution, fused by "sum" or
+    # "concat" (+ 1x1 conv, HRNetV2's fusion).
+    cfg.MODEL.SEGDEP.FPN_CHANNELS = 256
+    cfg.MODEL.SEGDEP.FPN_FUSE = "concat"
+
+
+# CLIP zero-shot prompt templates for class names (a street-scene flavoured subset of CLIP's ImageNet set).
+SEGDEP_PROMPT_TEMPLATES = (
+    "a photo of a {}.",
+    "a photo of the {}.",
+    "a {} in a street scene.",
+    "a photo of a {} in the scene.",
+    "there is a {} in the scene.",
+    "a cropped photo of the {}.",
+    "a blurry photo of a {}.",
+)
+
+
+def _add_segdep_text_config(cfg):
+    """``MODEL.SEGDEP`` text-encoder keys (ClipTextEncoder), only those not set yet. Called after
+    ``_add_segdep_model_config``, which returns early when the node already exists."""
+    if "SEGDEP" not in cfg.MODEL:
+        cfg.MODEL.SEGDEP = CN()
+    text_keys = {
+        # open_clip model config whose text tower is built (alone), and a local open_clip checkpoint
+        # (.bin / .pt / .safetensors; full-model, text.* or text-only keys). "" = random init + warning.
+        # OpenAI's original weights need the "-quickgelu" config (e.g. "ViT-B-32-quickgelu").
+        "CLIP_MODEL": "ViT-B-32",
+        "CLIP_WEIGHTS": "",
+        "FREEZE_TEXT_ENCODER": True,
+        # Each class name goes through every template; prompt embeddings averaged, then re-normalised.
+        "PROMPT_TEMPLATES": list(SEGDEP_PROMPT_TEMPLATES),
+        # LRU cache of prompt embeddings (used while frozen or in eval mode); 0 disables it.
+        "TEXT_CACHE_SIZE": 4096,
+    }
+    for key, value in text_keys.items():
+        if key not in cfg.MODEL.SEGDEP:
+            cfg.MODEL.SEGDEP[key] = value
