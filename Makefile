@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.segdep_installed
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo demo-hydranet test clean-demo
 
 $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -21,6 +21,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) tools/demo.py
+
+demo-hydranet: $(STAMP)
+	$(PY) tools/demo.py --model hydranet
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

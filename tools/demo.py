@@ -1,14 +1,19 @@
 #!/usr/bin/env python
-"""`make demo`: the whole Panoptic-DepthLab pipeline on the embedded synthetic data, on CPU.
+"""`make demo`: the whole Panoptic-DepthLab pipeline on the embedded synthetic data, on CPU
+(`make demo-hydranet` / ``--model hydranet``: the same for HydraNet).
 
 1. write a synthetic street-scene dataset in the real Virtual KITTI 2 layout
    (``output/demo/datasets/vkitti2``; Scene20 is the held-out validation scene, as for VKITTI2);
 2. evaluate the untrained model, train the small CPU config within a time budget, evaluate again;
-3. draw a few validation frames (panoptic overlay with "class 12.3 m", depth, error);
+3. draw a few validation frames (segmentation overlay with "class 12.3 m", depth, error);
 4. write ``output/demo/metrics.json`` (every metric, per-class IoU included, with the commit, the date
    and the settings: generator flags, schedule, iterations run, training seconds) and print the trained
    model beside the untrained one; ``--record DIR`` also copies it to
    ``DIR/demo_panoptic_depthlab_<YYYY-MM-DD>.json`` (e.g. ``--record benchmarks``).
+
+``--model`` picks the model from :data:`MODELS` (its config, folder, metric columns and record name):
+``panoptic_depthlab`` (the default, above) or ``hydranet`` (``output/demo_hydranet``,
+``demo_hydranet_<YYYY-MM-DD>.json``; HydraNet predicts no panoptic segments, so no PQ / DPQ).
 
 The schedule (what decides ``SOLVER.MAX_ITER``):
 
@@ -24,38 +29,97 @@ The schedule (what decides ``SOLVER.MAX_ITER``):
 * ``SOLVER.CHECKPOINT_PERIOD`` given as an override is used as given; otherwise it is a quarter of the
   schedule (at least 50). Every other ``KEY VALUE`` override is applied to the config as given.
 
-    python tools/demo.py [--output output/demo] [--max-iter 900] [--train-minutes 13] [--record DIR] [KEY VALUE ...]
+    python tools/demo.py [--model hydranet] [--output output/demo] [--max-iter 900] [--train-minutes 13] \\
+        [--record DIR] [KEY VALUE ...]
+
+Inference mode (``--input`` or ``--video-input``; as detectron2's demo/demo.py), for any model family:
+
+    python tools/demo.py [--model hydranet | --config-file C] --input a.png dir/ "frames/*.jpg" \\
+        [--output DIR] [--onnx model.onnx] [KEY VALUE ...]
+    python tools/demo.py [--model hydranet | --config-file C] --video-input clip.mp4 [--output DIR] ...
+
+writes per image ``<stem>_seg.png`` (segmentation overlay, every segment or region labelled
+"class 12.3 m"), ``<stem>_depth.png`` and ``<stem>_panel.png``, for a video ``DIR/<stem>.mp4``
+(overlay | depth per frame), prints the frames per second (model alone and end to end, medians over
+the frames) and writes them to ``DIR/inference.json``. Without ``--config-file`` it runs the
+``--model``'s CPU config with the weights its training demo left (``output/demo/train/model_final.pth``
+or ``output/demo_hydranet/...``), unless ``MODEL.WEIGHTS`` is given; ``--output`` defaults to that
+demo's folder + ``/inference``. ``--onnx FILE`` runs a ``tools/export_model.py --format onnx`` export
+of the config with onnxruntime instead of the eager model.
 """
 import argparse
 import datetime
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "projects/PanopticDepthLab/configs/Synthetic-PanopticDepth/panoptic_depthlab_R_18_os32_cpu.yaml")
 GENERATOR_FLAGS = ("scenes", "variations", "frames", "frame_step", "height", "width", "seed")
 DEFAULT_MAX_ITER = 900
 MIN_ITER = 50  # the budget never shortens the schedule below this (a slow machine still trains a little)
-RECORD_NAME = "demo_panoptic_depthlab_{date}.json"
-TABLE = (  # (column, result section, key, scale to a fraction)
-    ("mIoU", "sem_seg", "mIoU", 0.01),
-    ("PQ", "panoptic_depth", "PQ", 0.01),
-    ("DPQ", "panoptic_depth", "DPQ", 0.01),
-    ("AbsRel", "depth", "AbsRel", 1.0),
-    ("d1", "depth", "d1", 1.0),
-    ("segment AbsRel", "panoptic_depth", "segment_AbsRel", 1.0),
-)
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")  # a KEY of the KEY VALUE overrides
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """What differs between the demo's models; the flow itself is shared."""
+
+    title: str  # printed above the metric table
+    config: str  # the CPU config on the synthetic VKITTI2 data, relative to the repository
+    output: str  # the default --output, relative to the repository
+    record_name: str  # --record DIR copies metrics.json to DIR/<record_name> ({date}: YYYY-MM-DD)
+    table: tuple  # metric columns: (column, result section, key, scale to a fraction)
+    table_note: str  # printed under the table
+
+
+MODELS = {
+    "panoptic_depthlab": DemoModel(
+        title="Panoptic-DepthLab (ResNet-18, CPU)",
+        config="projects/PanopticDepthLab/configs/Synthetic-PanopticDepth/panoptic_depthlab_R_18_os32_cpu.yaml",
+        output="output/demo",
+        record_name="demo_panoptic_depthlab_{date}.json",
+        table=(
+            ("mIoU", "sem_seg", "mIoU", 0.01),
+            ("PQ", "panoptic_depth", "PQ", 0.01),
+            ("DPQ", "panoptic_depth", "DPQ", 0.01),
+            ("AbsRel", "depth", "AbsRel", 1.0),
+            ("d1", "depth", "d1", 1.0),
+            ("segment AbsRel", "panoptic_depth", "segment_AbsRel", 1.0),
+        ),
+        table_note="(mIoU, PQ, DPQ as fractions; AbsRel and segment AbsRel: lower is better; d1: higher is better)",
+    ),
+    "hydranet": DemoModel(
+        title="HydraNet (MobileNetV2 + Light-Weight RefineNet, CPU)",
+        config="projects/HydraNet/configs/Synthetic-HydraNet/hydranet_mbv2_cpu.yaml",
+        output="output/demo_hydranet",
+        record_name="demo_hydranet_{date}.json",
+        table=(  # no panoptic output: no PQ / DPQ / segment AbsRel
+            ("mIoU", "sem_seg", "mIoU", 0.01),
+            ("pACC", "sem_seg", "pACC", 0.01),
+            ("AbsRel", "depth", "AbsRel", 1.0),
+            ("RMSE [m]", "depth", "RMSE", 1.0),
+            ("d1", "depth", "d1", 1.0),
+        ),
+        table_note="(mIoU, pixel accuracy as fractions; AbsRel and RMSE: lower is better; d1: higher is better)",
+    ),
+}
+DEFAULT_MODEL = "panoptic_depthlab"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default=os.path.join(REPO, "output", "demo"))
+    p.add_argument("--model", choices=sorted(MODELS), default=DEFAULT_MODEL,
+                   help=f"the model to train, or whose config and demo weights to run (default {DEFAULT_MODEL})")
+    p.add_argument("--output", default=None,
+                   help="the demo's folder (default " + ", ".join(f"{m.output} for {n}" for n, m in MODELS.items())
+                        + "); in the inference mode, the folder for the pictures (default <demo folder>/inference)")
     p.add_argument("--scenes", default="Scene01,Scene02,Scene06,Scene18,Scene20")
     p.add_argument("--variations", default="clone,fog,morning,sunset")
     p.add_argument("--frames", type=int, default=32, help="frames per scene and variation")
@@ -69,16 +133,44 @@ def parse_args(argv=None):
                    help="time budget for training: the schedule is shortened to fit it (measured speed)")
     p.add_argument("--num-vis", type=int, default=4, help="validation frames to draw")
     p.add_argument("--seed", type=int, default=0)
+    records = ", DIR/".join(m.record_name.format(date="<YYYY-MM-DD>") for m in MODELS.values())
     p.add_argument("--record", metavar="DIR", default=None,
-                   help="also copy metrics.json to DIR/" + RECORD_NAME.format(date="<YYYY-MM-DD>")
-                        + " (e.g. --record benchmarks)")
+                   help=f"also copy metrics.json to DIR/{records} (e.g. --record benchmarks)")
+    inference = p.add_argument_group("inference mode (instead of the training demo)")
+    source = inference.add_mutually_exclusive_group()
+    source.add_argument("--input", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    source.add_argument("--video-input", metavar="FILE", help="a video file (anything OpenCV reads)")
+    inference.add_argument("--config-file", metavar="FILE", default=None,
+                           help="a model config (default: the --model's CPU config and the weights of its demo)")
+    inference.add_argument("--onnx", metavar="FILE", default=None,
+                           help="run this ONNX export of the config (tools/export_model.py --format onnx) "
+                                "with onnxruntime instead of the eager model")
     p.add_argument("opts", nargs=argparse.REMAINDER,
                    help="KEY VALUE overrides of the model config (not SOLVER.MAX_ITER: use --max-iter)")
     args = p.parse_args(argv)
-    error = check_opts(args.opts)
+    if args.input:
+        args.input, args.opts = split_trailing_opts(args.input, args.opts)
+        if not args.input:
+            p.error("--input needs at least one image file, folder or glob pattern before the KEY VALUE overrides")
+    args.inference = bool(args.input or args.video_input)
+    if not args.inference and (args.config_file or args.onnx):
+        p.error("--config-file and --onnx belong to the inference mode: give --input or --video-input too")
+    error = check_opts(args.opts, training=not args.inference)
     if error:
         p.error(error)
+    if args.output is None:
+        args.output = os.path.join(REPO, MODELS[args.model].output, *(["inference"] if args.inference else []))
     return args
+
+
+def split_trailing_opts(inputs, opts):
+    """``--input`` takes every word up to the next flag, so ``--input a.png MODEL.WEIGHTS w.pth``
+    would read the override as two more inputs: move the words from the first config KEY on (one
+    that is no existing path) back in front of the overrides."""
+    for i, word in enumerate(inputs):
+        if CONFIG_KEY.match(word) and not os.path.exists(word):
+            return inputs[:i], inputs[i:] + list(opts)
+    return inputs, opts
 
 
 def opt_value(opts, key):
@@ -90,11 +182,11 @@ def opt_value(opts, key):
     return value
 
 
-def check_opts(opts):
+def check_opts(opts, training=True):
     """Why these ``KEY VALUE`` overrides cannot be used, or None when they can."""
     if len(opts) % 2:
         return f"config overrides come as KEY VALUE pairs, got an odd number: {' '.join(opts)}"
-    if "SOLVER.MAX_ITER" in opts[::2]:
+    if training and "SOLVER.MAX_ITER" in opts[::2]:
         return ("SOLVER.MAX_ITER is the demo's schedule: use --max-iter N instead (a fresh run fits it to "
                 "--train-minutes; on a re-run it replaces the saved schedule)")
     return None
@@ -241,12 +333,14 @@ def evaluate(cfg, model):
     return {section: dict(values) for section, values in results.items()}
 
 
-def table(rows):
-    header = f"{'model':<12s}" + "".join(f"{name:>16s}" for name, *_ in TABLE)
+def table(rows, columns=MODELS[DEFAULT_MODEL].table):
+    """``rows`` of (label, results by section) under ``columns`` (a :class:`DemoModel`'s ``table``);
+    a metric the results lack is "-"."""
+    header = f"{'model':<12s}" + "".join(f"{name:>16s}" for name, *_ in columns)
     lines = [header, "-" * len(header)]
     for label, results in rows:
         cells = []
-        for _, section, key, scale in TABLE:
+        for _, section, key, scale in columns:
             value = results.get(section, {}).get(key)
             cells.append(f"{value * scale:>16.3f}" if value is not None else f"{'-':>16s}")
         lines.append(f"{label:<12s}" + "".join(cells))
@@ -293,7 +387,8 @@ def build_report(*, args, schedule, checkpoint_every, iterations, iterations_thi
         "commit": commit,
         "worktree_clean": clean,
         "date": now.isoformat(timespec="seconds"),
-        "config": os.path.relpath(CONFIG, REPO),
+        "model": args.model,
+        "config": MODELS[args.model].config,
         "config_overrides": list(args.opts),
         "train_dataset": f"vkitti2_train (synthetic, {'/'.join(s for s in args.scenes.split(',') if s != 'Scene20')})",
         "test_dataset": "vkitti2_val (synthetic, held-out Scene20)",
@@ -318,8 +413,9 @@ def build_report(*, args, schedule, checkpoint_every, iterations, iterations_thi
 
 
 def write_metrics(report, output_dir, record_dir=None):
-    """Write ``output_dir/metrics.json``; with ``record_dir``, copy it to
-    ``record_dir/demo_panoptic_depthlab_<YYYY-MM-DD>.json`` (the report's date). Returns the paths written."""
+    """Write ``output_dir/metrics.json``; with ``record_dir``, copy it to ``record_dir/`` under the
+    report's model's record name (``demo_panoptic_depthlab_<YYYY-MM-DD>.json``,
+    ``demo_hydranet_<YYYY-MM-DD>.json``; the report's date). Returns the paths written."""
     path = os.path.join(output_dir, "metrics.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=2, allow_nan=False)
@@ -327,14 +423,102 @@ def write_metrics(report, output_dir, record_dir=None):
     written = [path]
     if record_dir:
         os.makedirs(record_dir, exist_ok=True)
-        recorded = os.path.join(record_dir, RECORD_NAME.format(date=report["date"][:10]))
+        name = MODELS[report.get("model", DEFAULT_MODEL)].record_name
+        recorded = os.path.join(record_dir, name.format(date=report["date"][:10]))
         shutil.copyfile(path, recorded)
         written.append(recorded)
     return written
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
+    if args.inference:
+        return run_inference(args)
+    return train_demo(args)
+
+
+def inference_config(args):
+    """The config of the inference mode, frozen: ``--config-file`` as given, else the ``--model``'s
+    CPU config with the weights its training demo left (when no ``MODEL.WEIGHTS`` is given)."""
+    from detectron2.config import get_cfg
+
+    from segdep_d2 import add_segdep_config
+
+    cfg = get_cfg()
+    add_segdep_config(cfg)
+    opts = list(args.opts)
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    else:
+        spec = MODELS[args.model]
+        cfg.merge_from_file(os.path.join(REPO, spec.config))
+        weights = os.path.join(REPO, spec.output, "train", "model_final.pth")
+        if opt_value(opts, "MODEL.WEIGHTS") is None and not args.onnx:  # an ONNX file holds its weights
+            if os.path.isfile(weights):
+                print(f"[demo] using the weights of the {args.model} demo: {weights}")
+                opts = ["MODEL.WEIGHTS", weights] + opts
+            else:
+                make = "make demo" if args.model == DEFAULT_MODEL else f"make demo-{args.model}"
+                print(f"[demo] no trained {args.model} demo model ({weights}): run `{make}` first, or give "
+                      "MODEL.WEIGHTS; drawing what a randomly initialised model predicts")
+    cfg.merge_from_list(opts)
+    cfg.freeze()
+    return cfg
+
+
+def run_inference(args):
+    """Images or a video through the model (eager or ONNX): pictures, ``inference.json``, FPS."""
+    sys.path.insert(0, REPO)
+    import torch
+    from detectron2.utils.logger import setup_logger
+
+    import segdep_d2  # noqa: F401  (registers datasets, metadata and models)
+    from segdep_d2.engine.inference import (
+        BadInputError,
+        FrameTimes,
+        Predictor,
+        image_files,
+        run_on_images,
+        run_on_video,
+    )
+
+    setup_logger(name="segdep_d2")
+    cfg = inference_config(args)
+    try:
+        if args.input:
+            image_files(args.input)  # a bad path fails before the model is built
+        predictor = Predictor(cfg, onnx_path=args.onnx)
+        if args.video_input:
+            result = run_on_video(predictor, args.video_input, args.output)
+        else:
+            result = run_on_images(predictor, args.input, args.output)
+    except (FileNotFoundError, BadInputError) as e:
+        raise SystemExit(f"demo.py: error: {e}")
+    report = {
+        "config": args.config_file or MODELS[args.model].config,
+        "config_overrides": list(args.opts),
+        "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
+        "weights": cfg.MODEL.WEIGHTS or None,
+        "onnx": args.onnx,
+        "runtime": predictor.runtime,
+        "device": "cpu" if args.onnx else cfg.MODEL.DEVICE,
+        "torch_threads": torch.get_num_threads(),
+        "inputs": [args.video_input] if args.video_input else list(args.input),
+        **result,
+    }
+    path = os.path.join(args.output, "inference.json")
+    with open(path, "w") as f:
+        json.dump(_json_safe(report), f, indent=2, allow_nan=False)
+        f.write("\n")
+    what = f"{result['frames']} {'video frames' if args.video_input else 'images'}"
+    print(f"[demo] {cfg.MODEL.META_ARCHITECTURE} ({predictor.runtime}) on {what}: {FrameTimes.describe(result)}")
+    print(f"[demo] written: {', '.join(result['written'][:6])}{' ...' if len(result['written']) > 6 else ''} "
+          f"and {path}")
+    return report
+
+
+def train_demo(args):
+    spec = MODELS[args.model]
     datasets_root = os.path.join(args.output, "datasets")
     # Builtin dataset names (vkitti2_train / vkitti2_val) resolve under $DETECTRON2_DATASETS,
     # read when segdep_d2 is imported: set it first.
@@ -361,7 +545,7 @@ def main():
 
     cfg = get_cfg()
     add_segdep_config(cfg)
-    cfg.merge_from_file(CONFIG)
+    cfg.merge_from_file(os.path.join(REPO, spec.config))
     cfg.merge_from_list(["OUTPUT_DIR", os.path.join(args.output, "train"), "SEED", str(args.seed), *args.opts])
     budget_s = args.train_minutes * 60.0
     schedule_path = os.path.join(cfg.OUTPUT_DIR, "schedule.json")
@@ -425,11 +609,12 @@ def main():
     )
     paths = write_metrics(report, args.output, args.record)
     print()
-    print(f"Panoptic-DepthLab (ResNet-18, CPU) on the held-out synthetic scene, {iterations} iterations:")
-    print(table([("untrained", untrained), ("trained", trained)]))
-    print("(mIoU, PQ, DPQ as fractions; AbsRel and segment AbsRel: lower is better; d1: higher is better)")
+    print(f"{spec.title} on the held-out synthetic scene, {iterations} iterations:")
+    print(table([("untrained", untrained), ("trained", trained)], spec.table))
+    print(spec.table_note)
     print(f"written: {' and '.join(paths)}, and {len(written)} images in "
           f"{os.path.join(args.output, 'visualizations')}")
+    return report
 
 
 if __name__ == "__main__":

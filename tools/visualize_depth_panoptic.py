@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Run a depth-panoptic model on images and draw what it sees: every segment labelled
-"class 12.3 m", the dense depth with a colour bar, and (where ground truth exists) the AbsRel error.
+"""Run a model of any family on images and draw what it sees: every segment (or, without panoptic
+output, every semantic region) labelled "class 12.3 m", the dense depth with a colour bar, and
+(where ground truth exists) the AbsRel error.
 
     # image files, folders or glob patterns
     python tools/visualize_depth_panoptic.py --config-file C --input a.png dir/ "frames/*.jpg" \\
@@ -9,26 +10,25 @@
     python tools/visualize_depth_panoptic.py --config-file C --dataset vkitti2_val --num-images 8 \\
         --output out/vis MODEL.WEIGHTS path/to/model_final.pth
 
-Writes per image ``<stem>_panoptic.png``, ``<stem>_depth.png``, ``<stem>_error.png`` (GT only)
-and ``<stem>_panel.png`` (input, panoptic, depth and error side by side). Class names and colours
-come from ``MetadataCatalog.get(cfg.DATASETS.TEST[0])``, the classes the model was trained on.
+Writes per image ``<stem>_panoptic.png`` (``<stem>_sem_seg.png`` for a model without panoptic
+output, e.g. HydraNet), ``<stem>_depth.png``, ``<stem>_error.png`` (GT only) and ``<stem>_panel.png``
+(input, overlay, depth and error side by side); the drawing is
+:func:`segdep_d2.engine.inference.render`. Class names and colours come from
+``MetadataCatalog.get(cfg.DATASETS.TEST[0])``, the classes the model was trained on.
+For videos and frames-per-second figures see ``tools/demo.py --input / --video-input``.
 """
 import argparse
-import glob
 import logging
 import os
-import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data import detection_utils as utils  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -36,17 +36,10 @@ from PIL import Image  # noqa: E402
 import segdep_d2  # noqa: E402,F401  (registers datasets and models)
 from segdep_d2 import add_segdep_config  # noqa: E402
 from segdep_d2.data import DepthPanopticDatasetMapper, read_depth  # noqa: E402
-from segdep_d2.utils.visualizer import (  # noqa: E402
-    DepthPanopticVisualizer,
-    depth_panel,
-    display_depth_range,
-    error_panel,
-    side_by_side,
-)
+from segdep_d2.engine.inference import Predictor, image_files, render, unique_stem  # noqa: E402
 
 logger = logging.getLogger("segdep_d2.visualize")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_NUM_DATASET_IMAGES = 8
 
 
@@ -71,46 +64,16 @@ def load_model(cfg):
 
 
 def expand_inputs(paths):
-    """Image files from files, folders (their images, sorted) and glob patterns, in order."""
-    files = []
-    for path in paths:
-        path = os.path.expanduser(path)
-        if os.path.isdir(path):
-            files += sorted(
-                os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS)
-            )
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
-            matches = sorted(glob.glob(path))
-            if not matches:
-                raise FileNotFoundError(f"--input {path!r}: no such file, folder or glob match")
-            files += [m for m in matches if m.lower().endswith(IMAGE_EXTENSIONS)]
-    return [{"file_name": f} for f in files]
-
-
-def _predictor_input(cfg, dataset_dict, augmentation):
-    """DefaultPredictor's preprocessing: resize the shortest edge, keep the original size as
-    ``height`` / ``width`` so the outputs come back at the input resolution."""
-    image = utils.read_image(dataset_dict["file_name"], format=cfg.INPUT.FORMAT)
-    height, width = image.shape[:2]
-    resized = augmentation.get_transform(image).apply_image(image)
-    tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-    return {"image": tensor, "height": height, "width": width}
+    """Dataset dicts (``file_name``) of the images in files, folders and glob patterns, in order
+    (:func:`segdep_d2.engine.inference.image_files`: a missing path raises ``FileNotFoundError``)."""
+    return [{"file_name": f} for f in image_files(paths)]
 
 
 def _stem(dataset_dict, used):
     """A file-name stem, unique within this run: the dataset ``image_id`` or the file stem."""
     if "image_id" in dataset_dict:
-        stem = str(dataset_dict["image_id"])
-    else:
-        stem = os.path.splitext(os.path.basename(dataset_dict["file_name"]))[0]
-    stem = re.sub(r"[^\w.-]+", "_", stem)
-    unique, k = stem, 1
-    while unique in used:
-        unique, k = f"{stem}_{k}", k + 1
-    used.add(unique)
-    return unique
+        return unique_stem(dataset_dict["image_id"], used)
+    return unique_stem(os.path.splitext(os.path.basename(dataset_dict["file_name"]))[0], used)
 
 
 def _save(image, path):
@@ -118,26 +81,8 @@ def _save(image, path):
     return path
 
 
-def render(image_rgb, output, metadata, gt_depth=None, depth_range=None):
-    """Images for one prediction: ``{"panoptic", "depth", ["error"], "panel"}`` -> RGB uint8."""
-    lo, hi = depth_range or display_depth_range(metadata)
-    ids, segments_info = output["panoptic_seg"]
-    visualizer = DepthPanopticVisualizer(image_rgb, metadata, near=lo, far=hi)
-    images = {"panoptic": visualizer.draw_panoptic_depth(ids.cpu(), segments_info).get_image()}
-    depth = output["depth"].detach().cpu().numpy()
-    images["depth"] = depth_panel(depth, lo, hi)
-    if gt_depth is not None:
-        # error only where GT is valid for the metrics too (metadata depth_range: e.g. VKITTI2 sky
-        # is stored as 655.35 m and is no measurement).
-        gt_lo, gt_hi = metadata.get("depth_range", (0.0, float("inf")))
-        images["error"] = error_panel(depth, gt_depth, gt_lo, gt_hi)
-    panels = [image_rgb] + list(images.values())
-    images["panel"] = side_by_side(panels, max_columns=2)
-    return images
-
-
 def visualize(cfg, model, inputs, output_dir, *, mapper=None, metadata=None, depth_range=None):
-    """Run ``model`` on each input and write its pictures to ``output_dir``.
+    """Run ``model`` on each input and write its pictures (:func:`render`) to ``output_dir``.
 
     Args:
         inputs (list[dict]): detectron2 dataset dicts; only ``file_name`` is required. A dict with
@@ -152,14 +97,14 @@ def visualize(cfg, model, inputs, output_dir, *, mapper=None, metadata=None, dep
     """
     if metadata is None:
         metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-    augmentation = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    predictor = Predictor(cfg, model=model)  # DefaultPredictor's resizing, outputs at the original size
     os.makedirs(output_dir, exist_ok=True)
     written, used = [], set()
     for dataset_dict in inputs:
-        model_input = mapper(dataset_dict) if mapper else _predictor_input(cfg, dataset_dict, augmentation)
+        image_rgb = utils.read_image(dataset_dict["file_name"], format="RGB")
+        model_input = mapper(dataset_dict) if mapper else predictor.model_input(image_rgb, "RGB")
         with torch.no_grad():
             output = model([model_input])[0]
-        image_rgb = utils.read_image(dataset_dict["file_name"], format="RGB")
         gt_depth = read_depth(dataset_dict) if "depth_file_name" in dataset_dict else None
         stem = _stem(dataset_dict, used)
         for kind, image in render(image_rgb, output, metadata, gt_depth, depth_range).items():

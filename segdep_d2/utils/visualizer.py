@@ -15,12 +15,15 @@ Colour conventions (those of the Panoptic-DepthLab figures):
 All images are RGB ``uint8`` H x W x 3 arrays. Colour bars are rendered with matplotlib's Agg
 canvas (no pyplot, no display, thread-safe).
 """
+import functools
 import math
 
+import cv2
 import matplotlib
 import numpy as np
 import torch
-from detectron2.utils.visualizer import ColorMode, Visualizer
+from detectron2.utils.colormap import random_color
+from detectron2.utils.visualizer import _LARGE_MASK_AREA_THRESH, ColorMode, Visualizer
 from matplotlib import colors as mplc
 from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -37,6 +40,7 @@ __all__ = [
     "display_depth_range",
     "distance_color",
     "error_panel",
+    "region_distance",
     "segment_distance",
     "segment_label",
     "side_by_side",
@@ -77,6 +81,31 @@ def _segment_masks(panoptic_seg, segments_info):
     for mask, _ in segments:
         labelled |= mask
     return [(m.numpy(), s) for m, s in segments], labelled.numpy()
+
+
+def _labelled_regions(mask):
+    """The connected regions of a class mask that carry its label, by detectron2's rule
+    (``Visualizer._draw_text_in_mask``): the largest one, and any other very large one."""
+    count, components, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count < 2:
+        return []
+    largest = int(np.argmax(stats[1:, cv2.CC_STAT_AREA])) + 1
+    return [
+        components == i
+        for i in range(1, count)
+        if i == largest or stats[i, cv2.CC_STAT_AREA] > _LARGE_MASK_AREA_THRESH
+    ]
+
+
+def region_distance(depth, region, min_depth=0.0, max_depth=float("inf")):
+    """Median predicted depth (metres) of a pixel region, or None when it lies outside
+    ``(min_depth, max_depth)`` (the dataset's valid range: a guess where no GT ever was)."""
+    values = np.asarray(depth)[region]
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    median = float(np.median(values))
+    return median if min_depth < median < max_depth else None
 
 
 def display_depth_range(metadata=None, default=(1.0, 80.0)):
@@ -214,6 +243,21 @@ def colorbar_image(height, vmin, vmax, cmap, *, label="", log=False, width=None)
     return _figure_to_rgb(fig, height, width)
 
 
+@functools.lru_cache(maxsize=16)
+def _cached_colorbar(height, vmin, vmax, cmap, label, log):
+    bar = colorbar_image(height, vmin, vmax, cmap, label=label, log=log)
+    bar.flags.writeable = False  # one array shared by every caller
+    return bar
+
+
+def _colorbar(height, vmin, vmax, cmap, *, label, log=False):
+    """:func:`colorbar_image`, remembered for named colour maps: drawing a bar takes ~0.1 s, and a
+    video redraws the same bar on every frame."""
+    if isinstance(cmap, str):
+        return _cached_colorbar(int(height), float(vmin), float(vmax), cmap, label, bool(log))
+    return colorbar_image(height, vmin, vmax, cmap, label=label, log=log)
+
+
 def _hstack(images, background=255):
     height = max(im.shape[0] for im in images)
     padded = []
@@ -226,7 +270,7 @@ def _hstack(images, background=255):
 def depth_panel(depth, min_depth, max_depth, cmap=DEPTH_CMAP, *, log=True):
     """Colour-mapped depth with its colour bar on the right (metres): H x (W + bar) x 3 uint8."""
     image = colorize_depth(depth, min_depth, max_depth, cmap, log=log)
-    bar = colorbar_image(image.shape[0], min_depth, max_depth, cmap, label="depth [m]", log=log)
+    bar = _colorbar(image.shape[0], min_depth, max_depth, cmap, label="depth [m]", log=log)
     return _hstack([image, bar])
 
 
@@ -240,7 +284,7 @@ def error_panel(pred, gt, min_depth=0.0, max_depth=float("inf"), *, max_error=0.
         pred = pred.detach().cpu().numpy()
     error = abs_rel_error(pred, gt, min_depth, max_depth)
     image = colorize_scalar(error, 0.0, max_error, cmap)
-    bar = colorbar_image(image.shape[0], 0.0, max_error, cmap, label="AbsRel")
+    bar = _colorbar(image.shape[0], 0.0, max_error, cmap, label="AbsRel")
     return _hstack([image, bar])
 
 
@@ -359,4 +403,51 @@ class DepthPanopticVisualizer(Visualizer):
             assigned_colors=[distance_color(math.nan if d is None else d, near, far) for d in distances],
             alpha=alpha,
         )
+        return self.output
+
+    def draw_sem_seg_depth(self, sem_seg, depth=None, area_threshold=None, alpha=0.6):
+        """Draw a semantic prediction as detectron2's ``draw_sem_seg`` does, each label with its
+        distance: ``"Car 12.3 m"`` (for models without panoptic output, e.g. HydraNet).
+
+        Without instances, a class's pixels span many distances (the whole road), so the label sits
+        on each connected region that detectron2 labels (the class's largest region, and any very
+        large one) and gives that region's median depth (:func:`region_distance`). Classes listed in
+        the metadata's ``classes_without_depth`` (sky) and regions whose median lies outside its
+        ``depth_range`` get the class name alone, as :meth:`draw_panoptic_depth` does.
+
+        Args:
+            sem_seg: (H, W) tensor or array of class ids (e.g. the argmax of ``sem_seg`` logits);
+                ids without a name in ``stuff_classes`` (the ignore value) are not drawn.
+            depth: (H, W) tensor or array of metres, or None for class names only.
+            area_threshold, alpha: as detectron2's ``draw_sem_seg``.
+
+        Returns:
+            VisImage
+        """
+        if torch.is_tensor(sem_seg):
+            sem_seg = sem_seg.cpu().numpy()
+        if torch.is_tensor(depth):
+            depth = depth.detach().cpu().numpy()
+        names = self.metadata.get("stuff_classes", None) or []
+        colors = self.metadata.get("stuff_colors", None) or []
+        without_depth = set(self.metadata.get("classes_without_depth", None) or [])
+        lo, hi = self.metadata.get("depth_range", None) or (0.0, float("inf"))
+        labels, areas = np.unique(sem_seg, return_counts=True)
+        for label in labels[np.argsort(-areas, kind="stable")].tolist():
+            if not 0 <= label < len(names):
+                continue
+            color = [c / 255.0 for c in colors[label]] if label < len(colors) else random_color(rgb=True, maximum=1)
+            mask = (sem_seg == label).astype(np.uint8)
+            self.draw_binary_mask(
+                mask, color=color, edge_color=SEGMENT_EDGE_COLOR, alpha=alpha, area_threshold=area_threshold
+            )
+            text_color = self._change_color_brightness(color, brightness_factor=0.7)
+            for region in _labelled_regions(mask):
+                if area_threshold and region.sum() < area_threshold:
+                    continue
+                distance = None
+                if depth is not None and names[label] not in without_depth:
+                    distance = region_distance(depth, region, lo, hi)
+                center = np.median(region.nonzero(), axis=1)[::-1]  # detectron2's: steadier than the centroid
+                self.draw_text(segment_label(names[label], distance), center, color=text_color)
         return self.output

@@ -175,3 +175,172 @@ def test_a_replaced_schedule_reaches_the_resumed_lr_scheduler(demo):
     resumed.step()  # iteration 4 of 5: past the old length, this raised "math domain error"
     assert 0.0 < resumed.get_last_lr()[0] < 1.0
     assert demo.fit_scheduler_to_schedule(resumed, 5) is None
+
+
+# ---- --model hydranet: the same flow, its own config, columns, folder and record name ----
+
+def test_each_model_has_its_config_folder_and_columns(demo):
+    assert demo.DEFAULT_MODEL == "panoptic_depthlab" and demo.parse_args([]).model == "panoptic_depthlab"
+    for name, spec in demo.MODELS.items():
+        assert os.path.isfile(os.path.join(REPO_ROOT, spec.config)), (name, spec.config)
+    assert demo.parse_args([]).output == os.path.join(REPO_ROOT, "output", "demo")
+    args = demo.parse_args(["--model", "hydranet"])
+    assert args.output == os.path.join(REPO_ROOT, "output", "demo_hydranet") and not args.inference
+    columns = [name for name, *_ in demo.MODELS["hydranet"].table]
+    assert columns == ["mIoU", "pACC", "AbsRel", "RMSE [m]", "d1"]  # HydraNet predicts no panoptic segments
+    assert [name for name, *_ in demo.MODELS["panoptic_depthlab"].table] == [
+        "mIoU", "PQ", "DPQ", "AbsRel", "d1", "segment AbsRel"]
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--model", "segformer"])
+
+
+def test_hydranet_table_reads_its_sections(demo):
+    trained = {"sem_seg": {"mIoU": 30.7, "pACC": 81.25}, "depth": {"AbsRel": 0.23, "RMSE": 6.5, "d1": 0.71}}
+    lines = demo.table([("trained", trained), ("untrained", {"sem_seg": {"mIoU": 2.5}})],
+                       demo.MODELS["hydranet"].table).splitlines()
+    assert lines[0].split() == ["model", "mIoU", "pACC", "AbsRel", "RMSE", "[m]", "d1"]
+    assert lines[2].split() == ["trained", "0.307", "0.812", "0.230", "6.500", "0.710"]
+    assert lines[3].split() == ["untrained", "0.025", "-", "-", "-", "-"]  # a missing metric is "-"
+    assert "PQ" not in demo.table([("a", trained)], demo.MODELS["hydranet"].table)
+    assert "PQ" in demo.table([("a", trained)])  # the default columns stay Panoptic-DepthLab's
+
+
+def test_hydranet_report_names_its_model_and_record(demo, tmp_path):
+    import datetime
+    import json
+
+    args = demo.parse_args(["--model", "hydranet", "--output", str(tmp_path), "--record", str(tmp_path / "bench")])
+    report = demo.build_report(
+        args=args, schedule={"max_iter": 20, "asked": 20, "seconds_per_iter": 1.0, "source": "measured"},
+        checkpoint_every=50, iterations=20, iterations_this_run=20, train_seconds=20.0,
+        untrained={"sem_seg": {"mIoU": 1.5}}, trained={"sem_seg": {"mIoU": 40.0}}, visualizations=[],
+        torch_threads=2, commit=None, clean=None,
+        now=datetime.datetime(2025, 1, 2, tzinfo=datetime.timezone.utc),
+    )
+    assert report["model"] == "hydranet"
+    assert report["config"] == "projects/HydraNet/configs/Synthetic-HydraNet/hydranet_mbv2_cpu.yaml"
+    paths = demo.write_metrics(report, str(tmp_path), args.record)
+    assert paths[1] == str(tmp_path / "bench" / "demo_hydranet_2025-01-02.json")
+    with open(paths[1]) as f:
+        assert json.load(f)["trained"]["sem_seg"]["mIoU"] == 40.0
+
+
+# ---- the inference mode: images or a video in, overlay + depth out, frames per second ----
+
+def test_inference_mode_arguments(demo, capsys):
+    args = demo.parse_args(["--model", "hydranet", "--input", "a.png", "frames/*.jpg", "MODEL.WEIGHTS", "w.pth",
+                            "INPUT.MIN_SIZE_TEST", "64"])
+    # --input takes words up to the next flag: the overrides after it go back to the overrides
+    assert args.input == ["a.png", "frames/*.jpg"]
+    assert args.opts == ["MODEL.WEIGHTS", "w.pth", "INPUT.MIN_SIZE_TEST", "64"]
+    assert args.inference and args.output == os.path.join(REPO_ROOT, "output", "demo_hydranet", "inference")
+    args = demo.parse_args(["--video-input", "clip.mp4", "--output", "out", "--onnx", "m.onnx"])
+    assert (args.video_input, args.output, args.onnx, args.input) == ("clip.mp4", "out", "m.onnx", None)
+    for argv, message in (
+        (["--config-file", "c.yaml"], "--config-file and --onnx belong to the inference mode"),
+        (["--onnx", "m.onnx"], "--config-file and --onnx belong to the inference mode"),
+        (["--input", "a.png", "--video-input", "clip.mp4"], "not allowed with argument"),
+        (["--input", "MODEL.WEIGHTS", "w.pth"], "--input needs at least one image"),
+        (["--input", "a.png", "MODEL.WEIGHTS"], "odd number"),
+    ):
+        with pytest.raises(SystemExit):
+            demo.parse_args(argv)
+        assert message in capsys.readouterr().err, argv
+
+
+def _write_images(folder, n, height=48, width=80):
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        yy, xx = np.mgrid[0:height, 0:width]
+        image = np.stack([xx * 255 // width, yy * 255 // height, np.full_like(xx, 70 * i)], axis=-1)
+        Image.fromarray(image.astype(np.uint8)).save(folder / f"street_{i}.png")
+    return folder
+
+
+TINY = ["MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TEST", "64"]  # random weights, never the repository's demo model
+
+
+def test_inference_mode_cli_writes_pictures_and_fps(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    images = _write_images(tmp_path / "images", 2)
+    out = tmp_path / "out"
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "tools", "demo.py"), "--model", "hydranet",
+           "--input", str(images / "street_0.png"), str(images / "*_1.png"), "--output", str(out), *TINY]
+    proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "HydraNet (eager) on 2 images: model" in proc.stdout and "FPS" in proc.stdout
+    assert sorted(os.listdir(out)) == sorted(
+        ["inference.json"] + [f"street_{i}_{k}.png" for i in range(2) for k in ("seg", "depth", "panel")])
+    info = json.loads((out / "inference.json").read_text())
+    assert (info["frames"], info["runtime"], info["meta_architecture"]) == (2, "eager", "HydraNet")
+    assert info["weights"] is None  # MODEL.WEIGHTS "": the repository's demo model was not picked up
+    for key in ("model_fps", "end_to_end_fps", "model_ms_median", "end_to_end_ms_median"):
+        assert isinstance(info[key], float) and info[key] > 0, key
+    assert info["model_fps"] > info["end_to_end_fps"]
+
+
+def test_inference_mode_bad_input_names_the_path(demo, tmp_path):
+    missing = str(tmp_path / "nowhere" / "frame.png")
+    with pytest.raises(SystemExit) as exit_:
+        demo.main(["--model", "hydranet", "--input", missing, "--output", str(tmp_path / "out"), *TINY])
+    assert str(exit_.value) == f"demo.py: error: {missing!r}: no such file, folder or glob match"
+    (tmp_path / "broken.mp4").write_text("not a video")
+    with pytest.raises(SystemExit, match=r"cannot read video .*broken\.mp4"):
+        demo.main(["--model", "hydranet", "--video-input", str(tmp_path / "broken.mp4"),
+                   "--output", str(tmp_path / "out"), *TINY])
+    assert not (tmp_path / "out" / "inference.json").exists()
+
+
+def test_inference_mode_cli_runs_a_video_through_onnx(tmp_path):
+    """The real-time path: an ONNX export of the config, a video in, an MP4 out."""
+    import json
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+    import torch
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from segdep_d2 import add_segdep_config
+    from segdep_d2.modeling.export import export_onnx
+
+    pytest.importorskip("onnxruntime")
+    config = os.path.join(REPO_ROOT, "projects/HydraNet/configs/Synthetic-HydraNet/hydranet_mbv2_cpu.yaml")
+    cfg = get_cfg()
+    add_segdep_config(cfg)
+    cfg.merge_from_file(config)
+    torch.manual_seed(0)
+    export_onnx(build_model(cfg).eval(), cfg, 64, 96, str(tmp_path / "hydranet.onnx"))
+    writer = cv2.VideoWriter(str(tmp_path / "drive.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (80, 48))
+    for i in range(3):
+        writer.write(np.full((48, 80, 3), 60 * i + 20, dtype=np.uint8))
+    writer.release()
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "tools", "demo.py"), "--config-file", config,
+           "--video-input", str(tmp_path / "drive.mp4"), "--onnx", str(tmp_path / "hydranet.onnx"),
+           "--output", str(out), "INPUT.MIN_SIZE_TEST", "64"]
+    proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "HydraNet (onnxruntime) on 3 video frames: model" in proc.stdout
+    info = json.loads((out / "inference.json").read_text())
+    assert (info["runtime"], info["frames"], info["written"]) == ("onnxruntime", 3, [str(out / "drive.mp4")])
+    assert info["video_fps"] == pytest.approx(10.0) and info["model_fps"] > 0 and info["end_to_end_fps"] > 0
+    capture = cv2.VideoCapture(str(out / "drive.mp4"))
+    frames = 0
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames += 1
+        assert frame.shape[0] == 48 and frame.shape[1] > 2 * 80  # overlay | depth with its colour bar
+    capture.release()
+    assert frames == 3

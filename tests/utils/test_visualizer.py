@@ -134,6 +134,53 @@ def test_segments_flagged_without_valid_depth_get_no_distance():
 
 
 # ---- panels -----------------------------------------------------------------------------------
+def _semantic_scene():
+    """A 60 x 90 semantic map: sky on top, road below, a big car (20 x 20 px at 12.3 m), a small car
+    (10 x 10 px at 30 m) and one ignored pixel."""
+    meta = Metadata(
+        stuff_classes=["road", "sky", "car"],
+        stuff_colors=[[128, 64, 128], [70, 130, 180], [0, 0, 142]],
+        depth_range=(1e-3, 80.0),
+        classes_without_depth=["sky"],
+    )
+    labels = np.zeros((60, 90), dtype=np.int64)
+    depth = np.full((60, 90), 8.0, dtype=np.float32)
+    labels[:20], depth[:20] = 1, 80.0
+    labels[30:50, 10:30], depth[30:50, 10:30] = 2, 12.3
+    labels[35:45, 60:70], depth[35:45, 60:70] = 2, 30.0
+    labels[59, 89] = 255
+    return np.full((60, 90, 3), 128, dtype=np.uint8), meta, labels, depth
+
+
+def test_semantic_overlay_labels_regions_with_their_median_distance():
+    image, meta, labels, depth = _semantic_scene()
+    out = DepthPanopticVisualizer(image, meta).draw_sem_seg_depth(torch.from_numpy(labels), torch.from_numpy(depth))
+    texts = {t.get_text(): t.get_position() for t in out.ax.texts}
+    # one label per class, on its largest region (detectron2's rule): the small car has none;
+    # the sky has no distance (classes_without_depth); the ignored pixel is not drawn
+    assert sorted(texts) == ["car 12.3 m", "road 8.0 m", "sky"]
+    np.testing.assert_allclose(texts["car 12.3 m"], (19.5, 39.5))  # the big car's median pixel (x, y)
+    rgb = out.get_image()
+    assert rgb.shape == image.shape
+    assert _dominant(rgb[32, 12]) == "b" and _dominant(rgb[55, 50]) == "r"  # car and road colours
+
+
+def test_semantic_overlay_without_a_valid_distance_shows_the_class_alone():
+    image, meta, labels, depth = _semantic_scene()
+    depth[20:] = 95.0  # road and cars beyond the dataset's depth_range: a guess, not a distance
+    out = DepthPanopticVisualizer(image, meta).draw_sem_seg_depth(labels, depth)
+    assert sorted(t.get_text() for t in out.ax.texts) == ["car", "road", "sky"]
+    out = DepthPanopticVisualizer(image, meta).draw_sem_seg_depth(labels)  # no depth at all
+    assert sorted(t.get_text() for t in out.ax.texts) == ["car", "road", "sky"]
+
+
+def test_colour_bars_are_reused_but_not_shared_for_writing():
+    first = depth_panel(np.full((40, 50), 5.0), 1.0, 80.0)
+    first[:] = 0  # a caller drawing on its panel must not change the next one
+    second = depth_panel(np.full((40, 50), 5.0), 1.0, 80.0)
+    assert second[:, 50:].std() > 10 and second[:, 50:].mean() > 100  # the bar is intact
+
+
 def test_colorbar_has_exact_size():
     for height in (96, 375):
         bar = colorbar_image(height, 0.8, 80.0, "turbo_r", label="depth [m]", log=True)
