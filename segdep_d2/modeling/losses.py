@@ -1,6 +1,13 @@
 """Masked losses. Every loss is a mean over valid (labelled) pixels and stays finite (0, still
 connected to the graph) when a batch has no valid pixel; plus Kendall et al.'s uncertainty weighting
-of task losses."""
+of task losses.
+
+The SegDep losses: a boundary-aware focal loss for segmentation (:func:`boundary_aware_focal_loss`,
+with :func:`label_boundary_band`), KL distillation of open-vocabulary prompt logits from the
+closed-set head (:func:`open_vocab_distillation_loss`; the open-vocab CE itself is
+:func:`masked_cross_entropy` over the prompt logits) and an InfoNCE alignment of pooled class pixel
+embeddings with their text embeddings (:func:`info_nce_alignment_loss`)."""
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -9,6 +16,7 @@ from torch.nn import functional as F
 
 __all__ = [
     "masked_l1_loss", "berhu_loss", "silog_loss", "DEPTH_LOSSES", "masked_cross_entropy", "UncertaintyWeighting",
+    "label_boundary_band", "boundary_aware_focal_loss", "open_vocab_distillation_loss", "info_nce_alignment_loss",
 ]
 
 
@@ -56,6 +64,132 @@ def masked_cross_entropy(logits, target, ignore_index=255, weight: Optional[torc
     if not (target != ignore_index).any():
         return _empty(logits)
     return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index, reduction="mean")
+
+
+@torch.no_grad()
+def label_boundary_band(target, band, ignore_index=255):
+    """Boolean (N, H, W) map of the pixels within ``band`` pixels (Chebyshev distance) of a label
+    change: pixel p is in the band iff its (2 * band + 1)^2 window holds two *labelled* pixels with
+    different labels, found with a max-pool and a min-pool of the label map (ignore pixels take no
+    part, so labelled vs ``ignore_index`` is not a boundary). A band of k pixels thus reaches k
+    pixels into each side of a boundary; ``band = 0`` gives an empty band. The map is geometric:
+    ignore pixels near a boundary may be in it (losses skip them anyway). An ignore gap narrower than
+    the window does not hide the change between the labels on either side of it. No gradient.
+    """
+    band = int(band)
+    if band < 0:
+        raise ValueError(f"band must be >= 0, got {band}")
+    if target.dim() != 3:
+        raise ValueError(f"target must be (N, H, W), got shape {tuple(target.shape)}")
+    if band == 0 or target.numel() == 0:
+        return torch.zeros_like(target, dtype=torch.bool)
+    valid = target != ignore_index
+    # float64 holds every integer label exactly; -1 / +inf stand for "no labelled pixel".
+    labels = target.to(torch.float64).unsqueeze(1)
+    valid = valid.unsqueeze(1)
+    k = 2 * band + 1
+    high = F.max_pool2d(torch.where(valid, labels, torch.full_like(labels, -1.0)), k, stride=1, padding=band)
+    low = -F.max_pool2d(torch.where(valid, -labels, torch.full_like(labels, -math.inf)), k, stride=1, padding=band)
+    return ((high >= 0) & (high != low)).squeeze(1)
+
+
+def boundary_aware_focal_loss(
+    logits, target, ignore_index=255, gamma=2.0, band=3, boost=2.0, class_weights: Optional[torch.Tensor] = None
+):
+    """Focal loss (Lin et al.) FL = -(1 - p_t)^gamma * log p_t per labelled pixel, with a per-pixel
+    weight of ``1 + boost`` inside :func:`label_boundary_band` (``band`` pixels around label
+    boundaries) and 1 elsewhere, so ``boost = 0`` (or ``band = 0``) gives the plain focal loss.
+
+    ``logits`` (N, C, H, W), ``target`` (N, H, W). The result is the weighted mean over labelled
+    pixels, normalised by the sum of the weights; optional ``class_weights`` (C,) multiply each
+    pixel's weight by that of its label, as ``F.cross_entropy``'s ``weight`` does, so ``gamma = 0,
+    boost = 0`` equals :func:`masked_cross_entropy`. Computed from ``log_softmax`` (stable). 0, still
+    connected to ``logits``, when no pixel is labelled.
+    """
+    valid = target != ignore_index
+    if not valid.any():
+        return _empty(logits)
+    log_probs = F.log_softmax(logits, dim=1)
+    safe_target = torch.where(valid, target, torch.zeros_like(target)).long()
+    log_pt = log_probs.gather(1, safe_target.unsqueeze(1)).squeeze(1)
+    loss = -log_pt
+    if gamma != 0:
+        # clamped away from 0 so that gamma < 1 has no infinite gradient where p_t rounds to 1
+        loss = (1.0 - log_pt.exp()).clamp(min=1e-12).pow(gamma) * loss
+    weight = valid.to(loss.dtype)
+    if boost != 0 and band > 0:
+        weight = weight * (1.0 + boost * label_boundary_band(target, band, ignore_index).to(loss.dtype))
+    if class_weights is not None:
+        weight = weight * class_weights.to(device=loss.device, dtype=loss.dtype)[safe_target]
+    loss = torch.where(valid, loss, torch.zeros_like(loss))  # no 0 * inf from unlabelled pixels
+    return (weight * loss).sum() / weight.sum().clamp(min=1e-12)
+
+
+def open_vocab_distillation_loss(prompt_logits, closed_set_logits, target=None, ignore_index=255, temperature=1.0):
+    """Distillation of the open-vocabulary head from the closed-set head:
+    KL(softmax(closed / T) || softmax(prompt / T)) per pixel, the teacher (``closed_set_logits``)
+    detached, times T^2 (Hinton et al., so gradients keep their scale across T).
+
+    Both logits are (N, C, H, W) over the same class list. Averaged over all pixels, or over the
+    labelled pixels (``target != ignore_index``) when a (N, H, W) ``target`` is given; 0, still
+    connected to ``prompt_logits``, when no pixel is labelled.
+    """
+    if prompt_logits.shape != closed_set_logits.shape:
+        raise ValueError(
+            f"prompt logits {tuple(prompt_logits.shape)} and closed-set logits "
+            f"{tuple(closed_set_logits.shape)} must have the same shape"
+        )
+    if target is not None:
+        valid = target != ignore_index
+        if not valid.any():
+            return _empty(prompt_logits)
+    t = float(temperature)
+    log_q = F.log_softmax(prompt_logits / t, dim=1)
+    log_p = F.log_softmax(closed_set_logits.detach() / t, dim=1)
+    p = log_p.exp()
+    kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(dim=1)  # (N, H, W)
+    kl = kl[valid] if target is not None else kl
+    return kl.mean() * t * t
+
+
+def info_nce_alignment_loss(pixel_embeddings, text_embeddings, target, ignore_index=255, temperature=0.07):
+    """InfoNCE alignment of class regions with their text embeddings.
+
+    ``pixel_embeddings`` (N, D, H, W) are L2-normalised per pixel here; ``text_embeddings`` (C, D)
+    are L2-normalised too (a no-op when they already are); ``target`` (N, H, W) at the embeddings'
+    resolution. For every (image, class present in that image's labelled target) the pixel
+    embeddings of that class are mean-pooled and L2-normalised, and their cosine similarities to
+    the text embeddings, divided by ``temperature``, go through a cross-entropy whose positive is
+    the class's own text embedding.
+
+    Negatives: the classes present anywhere in the batch ("classes in the batch as negatives"),
+    i.e. the softmax runs over the text embeddings of those classes only; classes absent from the
+    whole batch are left out. (With a single class in the batch there is no negative and the loss
+    is 0.) Mean over the (image, class) pairs; an exact 0, still connected to both embeddings, when
+    no class is present.
+    """
+    n, d, h, w = pixel_embeddings.shape
+    c = text_embeddings.shape[0]
+    if target.shape != (n, h, w):
+        raise ValueError(f"target {tuple(target.shape)} must be (N, H, W) = {(n, h, w)} of the pixel embeddings")
+    valid = target != ignore_index
+    if not valid.any():
+        return _empty(pixel_embeddings) + _empty(text_embeddings)
+    if int(target[valid].max()) >= c or int(target[valid].min()) < 0:
+        raise ValueError(f"target labels must lie in [0, {c}) (the text embeddings' classes) or be {ignore_index}")
+    pixels = F.normalize(pixel_embeddings, dim=1).flatten(2)  # (N, D, HW)
+    texts = F.normalize(text_embeddings, dim=1).to(pixels.dtype)  # (C, D)
+    # one-hot membership (N, C, HW); unlabelled pixels go to an extra column that is dropped
+    safe_target = torch.where(valid, target, torch.full_like(target, c)).long().flatten(1)
+    members = F.one_hot(safe_target, c + 1)[..., :c].transpose(1, 2).to(pixels.dtype)
+    counts = members.sum(dim=2)  # (N, C)
+    pooled = torch.einsum("nck,ndk->ncd", members, pixels) / counts.clamp(min=1).unsqueeze(-1)
+    pooled = F.normalize(pooled, dim=-1)
+    image_idx, class_idx = (counts > 0).nonzero(as_tuple=True)  # the (image, class) pairs
+    in_batch = counts.sum(dim=0) > 0  # (C,)
+    logits = pooled[image_idx, class_idx] @ texts.t() / temperature  # (P, C)
+    logits = logits.masked_fill(~in_batch, float("-inf"))
+    return F.cross_entropy(logits, class_idx)
 
 
 class UncertaintyWeighting(nn.Module):
