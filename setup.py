@@ -11,6 +11,7 @@ setup(
     version="0.1.0",
     description="Panoptic segmentation with per-segment metric depth (Panoptic-DepthLab) for detectron2",
     packages=find_packages(include=["segdep_d2", "segdep_d2.*"]),
+    package_data={"segdep_d2.data.vocabularies": ["*.json"]},  # the synonym vocabulary
     python_requires=">=3.10",
     install_requires=[
         # detectron2's own metadata pins numpy<2; everything below is resolved against that.

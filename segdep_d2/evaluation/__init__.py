@@ -14,6 +14,15 @@ from .panoptic_depth_metrics import (
 from .depth_evaluator import DepthEvaluator
 from .panoptic_depth_evaluator import PanopticDepthEvaluator, panoptic_gt_to_label_map
 from .sem_seg_evaluator import LabelledSemSegEvaluator
+from .open_vocab_evaluator import (
+    OpenVocabEvaluator,
+    VocabularyDataLoader,
+    mean_iou,
+    open_vocab_metrics,
+    per_class_iou,
+    sem_seg_confusion,
+    with_vocabularies,
+)
 
 __all__ = [
     "DEPTH_METRIC_NAMES",
@@ -33,4 +42,11 @@ __all__ = [
     "PanopticDepthEvaluator",
     "LabelledSemSegEvaluator",
     "panoptic_gt_to_label_map",
+    "sem_seg_confusion",
+    "per_class_iou",
+    "mean_iou",
+    "open_vocab_metrics",
+    "with_vocabularies",
+    "VocabularyDataLoader",
+    "OpenVocabEvaluator",
 ]
