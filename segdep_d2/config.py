@@ -109,6 +109,52 @@ def _add_segdep_model_config(cfg):
     # "concat" (+ 1x1 conv, HRNetV2's fusion).
     cfg.MODEL.SEGDEP.FPN_CHANNELS = 256
     cfg.MODEL.SEGDEP.FPN_FUSE = "concat"
+    # ---- fusion, heads, losses, optimiser ----
+    # SegDep reuses MODEL.SEM_SEG_HEAD.{NUM_CLASSES, IGNORE_VALUE} and MODEL.DEPTH_HEAD.{OUTPUT_TYPE,
+    # MIN_DEPTH, MAX_DEPTH, LOSSES, LOSS_WEIGHTS, BERHU_THRESHOLD, SILOG_VARIANCE_FOCUS}, as HydraNet does.
+    # Class names of the closed-set classes, in label order, for the text encoder ([] = the metadata
+    # ``stuff_classes`` of DATASETS.TRAIN[0], cleaned: "TrafficSign" -> "traffic sign").
+    cfg.MODEL.SEGDEP.CLASS_NAMES = []
+    # Text-vision fusion: FUSION_LAYERS blocks of multi-head cross-attention (pixel features at 1/4
+    # resolution are the queries, the vocabulary's text embeddings the keys / values), each with
+    # residual + LayerNorm + MLP (hidden = FUSION_MLP_RATIO x FPN_CHANNELS) + residual + LayerNorm.
+    # FPN_CHANNELS must be divisible by FUSION_HEADS. The open-vocab head projects the fused
+    # pixels into the text space (the text encoder's embed_dim, no key).
+    cfg.MODEL.SEGDEP.FUSION_HEADS = 8
+    cfg.MODEL.SEGDEP.FUSION_LAYERS = 1
+    cfg.MODEL.SEGDEP.FUSION_MLP_RATIO = 4
+    # Width of the 3x3 conv of each head (closed-set, depth, open-vocab); 0 = FPN_CHANNELS.
+    cfg.MODEL.SEGDEP.HEAD_CHANNELS = 0
+    # L = SEG * focal + DEPTH * depth + OPEN_VOCAB * CE(prompt logits) + DISTILL * KL(closed-set ||
+    # prompt) + ALIGN * InfoNCE(pooled class pixel embeddings, text embeddings).
+    cfg.MODEL.SEGDEP.SEG_LOSS_WEIGHT = 1.0
+    cfg.MODEL.SEGDEP.DEPTH_LOSS_WEIGHT = 1.0
+    cfg.MODEL.SEGDEP.OPEN_VOCAB_LOSS_WEIGHT = 1.0
+    cfg.MODEL.SEGDEP.DISTILL_LOSS_WEIGHT = 0.5
+    cfg.MODEL.SEGDEP.ALIGN_LOSS_WEIGHT = 0.1
+    # Boundary-aware focal loss: focusing gamma; pixels within BOUNDARY_BAND pixels of a label change
+    # weigh 1 + BOUNDARY_BOOST (BOOST 0 or BAND 0 = plain focal loss; GAMMA 0 too = cross-entropy).
+    cfg.MODEL.SEGDEP.FOCAL_GAMMA = 2.0
+    cfg.MODEL.SEGDEP.BOUNDARY_BAND = 3
+    cfg.MODEL.SEGDEP.BOUNDARY_BOOST = 2.0
+    # Per-class weights of the closed-set loss (NUM_CLASSES floats); [] = unweighted.
+    cfg.MODEL.SEGDEP.CLASS_WEIGHTS = []
+    cfg.MODEL.SEGDEP.DISTILL_TEMPERATURE = 1.0
+    cfg.MODEL.SEGDEP.ALIGN_TEMPERATURE = 0.07
+    # Zero-shot protocol: class names (raw or cleaned) left out of training. Their pixels are ignored
+    # by every segmentation loss (closed-set focal, open-vocab CE, distillation, InfoNCE; depth is still
+    # learnt there) and their names never reach the text encoder in training, so the open-vocab head
+    # meets them first at inference. The closed-set head keeps NUM_CLASSES outputs (untrained ones for
+    # these classes): its sem_seg is not the zero-shot result, open_vocab_seg is.
+    cfg.MODEL.SEGDEP.HELD_OUT_CLASSES = []
+    # Parameter groups (SegDepTrainer.build_optimizer): the pretrained modules (HRNet backbone, and the
+    # text tower when FREEZE_TEXT_ENCODER is False) learn at BASE_LR x this; new modules at BASE_LR.
+    cfg.MODEL.SEGDEP.BACKBONE_LR_MULTIPLIER = 0.1
+    # Inference: ``panoptic_seg`` regions come from the closed-set argmax (one segment per stuff class,
+    # one per connected component of a thing class); smaller segments are void (-1).
+    cfg.MODEL.SEGDEP.MIN_SEGMENT_AREA = 64
+    # Inputs are padded to a multiple of this (at least HRNet's 32).
+    cfg.MODEL.SEGDEP.SIZE_DIVISIBILITY = 32
 
 
 # CLIP zero-shot prompt templates for class names (a street-scene flavoured subset of CLIP's ImageNet set).

@@ -170,14 +170,33 @@ class SegDepTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """Panoptic-DeepLab's optimizer choice (SGD or Adam) with detectron2's param groups. Every
-        trainable parameter is in them, HydraNet's learned task log-variances
-        (``UncertaintyWeighting.log_variances``) included, those without weight decay."""
+        """Panoptic-DeepLab's optimizer choice (SGD, Adam or AdamW) with detectron2's param groups. Every
+        trainable parameter is in them (frozen ones, e.g. a frozen CLIP text tower, are not), HydraNet's
+        learned task log-variances (``UncertaintyWeighting.log_variances``) included, those without
+        weight decay.
+
+        A model may declare its own parameter groups (SegDep does):
+
+        * ``lr_factor(name) -> float``: the LR multiplier of the parameter ``name`` (as in
+          ``named_parameters``), through detectron2's ``lr_factor_func``; e.g. SegDep's pretrained
+          backbone at ``MODEL.SEGDEP.BACKBONE_LR_MULTIPLIER`` x ``SOLVER.BASE_LR`` (the seed's 1e-4
+          backbone / 1e-3 heads);
+        * ``NO_WEIGHT_DECAY``: parameter names (the last name component) kept out of weight decay,
+          e.g. CLIP's learned temperature ``logit_scale``.
+        """
+        inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        lr_factor = getattr(inner, "lr_factor", None)
+        overrides = {"log_variances": {"weight_decay": 0.0}}
+        overrides.update({name: {"weight_decay": 0.0} for name in getattr(inner, "NO_WEIGHT_DECAY", ())})
         params = get_default_optimizer_params(
             model,
+            base_lr=cfg.SOLVER.BASE_LR,
             weight_decay=cfg.SOLVER.WEIGHT_DECAY,
             weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            overrides={"log_variances": {"weight_decay": 0.0}},
+            # detectron2 passes "<module>.<param>"; under DDP the names start with "module."
+            lr_factor_func=(lambda name: lr_factor(name[len("module."):] if name.startswith("module.") else name))
+            if callable(lr_factor) else None,
+            overrides=overrides,
         )
         optimizer_type = cfg.SOLVER.OPTIMIZER
         if optimizer_type == "SGD":

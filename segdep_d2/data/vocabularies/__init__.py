@@ -39,7 +39,7 @@ def canonical_name(name: str) -> str:
     """The form class names take in ``synonyms.json``: lower case, words separated by single
     spaces. ``"TrafficLight"`` and ``"traffic_light"`` both become ``"traffic light"``."""
     words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", str(name))
-    return " ".join(re.split(r"[\s_\-]+", words.strip())).lower()
+    return " ".join(w for w in re.split(r"[\s_\-/]+", words.strip()) if w).lower()
 
 
 @lru_cache(maxsize=1)

@@ -2,8 +2,9 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from .hydranet import HydraNet
 from .panoptic_depthlab import PanopticDepthLab
+from .segdep import SegDep
 
-__all__ = ["HydraNet", "PanopticDepthLab", "model_outputs"]
+__all__ = ["HydraNet", "PanopticDepthLab", "SegDep", "model_outputs"]
 
 ALL_OUTPUTS = ("sem_seg", "depth", "panoptic_seg")
 

@@ -1,0 +1,521 @@
+"""SegDep: joint segmentation, metric depth and open-vocabulary segmentation from text queries
+(the SegDep seed: HRNetV2-W32 + FPN scale alignment + CLIP text encoder + text-vision fusion).
+
+Data flow (N images padded to a multiple of 32)::
+
+    HRNet (hr1..hr4, strides 4..32) -> ScaleAlignmentFPN -> F (N, C_fpn, H/4, W/4)
+    F -> closed-set head -> sem_seg logits (NUM_CLASSES)
+    F -> depth head      -> depth (metres, MODEL.DEPTH_HEAD.OUTPUT_TYPE)
+    CLIP text tower(vocabulary names) -> T (C', D)
+    TextVisionFusion(F, T) -> open-vocab head -> pixel embeddings (N, D, H/4, W/4)
+        -> exp(logit_scale) * cos(pixel, T) -> open_vocab_seg (C')
+
+The closed-set and depth heads read the vision features, not the fused ones, so ``sem_seg`` and
+``depth`` do not change with the names a user asks about; only the open-vocabulary branch depends on
+the vocabulary (the one given in the input, the training class names by default).
+
+Training losses (each weighted by ``MODEL.SEGDEP.*_LOSS_WEIGHT``, each an exact 0 still connected to
+the graph when its labels are absent from the batch): boundary-aware focal loss (closed-set), the
+configured depth losses (``MODEL.DEPTH_HEAD.LOSSES``: L1 + BerHu + SILog in the seed), cross-entropy
+over the prompt logits of the training vocabulary, KL distillation of the prompt logits from the
+closed-set logits, and InfoNCE between every class's pooled pixel embedding and its text embedding
+(at the embeddings' 1/4 resolution). ``MODEL.SEGDEP.HELD_OUT_CLASSES`` implements the zero-shot
+protocol (see the config's comment).
+"""
+import math
+from collections import OrderedDict
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.structures import ImageList
+from torch import nn
+from torch.nn import functional as F
+
+from ...data.vocabularies import canonical_name
+from ...evaluation.panoptic_depth_metrics import segment_depths
+from ..backbone.fpn_align import ScaleAlignmentFPN
+from ..heads.depth_head import check_depth_settings, depth_from_logits
+from ..heads.segdep_heads import OpenVocabHead, SegDepTaskHead, TextVisionFusion
+from ..losses import (
+    DEPTH_LOSSES,
+    boundary_aware_focal_loss,
+    info_nce_alignment_loss,
+    masked_cross_entropy,
+    open_vocab_distillation_loss,
+)
+from ..text_encoder import ClipTextEncoder
+from .hydranet import _crop_and_resize, _storage
+
+__all__ = ["SegDep"]
+
+LOSS_NAMES = ("sem_seg", "depth", "open_vocab", "distill", "align")
+
+
+def _upsample(x, size):
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+@META_ARCH_REGISTRY.register()
+class SegDep(nn.Module):
+    """Closed-set segmentation, metric depth and open-vocabulary segmentation.
+
+    Input: detectron2's list[dict] with ``image`` (uint8 (C, H, W) in ``INPUT.FORMAT``); in training
+    ``sem_seg`` (long (H, W), ``ignore_value`` = unlabelled) and / or ``depth`` + ``depth_valid``;
+    at inference optionally ``class_names``: a list of names, or a dict ``{vocabulary: [names]}``.
+
+    Output: in training a dict of losses (``loss_sem_seg``, ``loss_depth``, ``loss_open_vocab``,
+    ``loss_distill``, ``loss_align``); at inference one dict per image, at the input's original size:
+
+    * ``sem_seg`` (NUM_CLASSES, H, W) closed-set logits; ``depth`` (H, W) metres;
+    * ``open_vocab_seg``: (C', H, W) scores (exp(logit_scale) x cosine similarity, i.e. logits) for the
+      input's ``class_names`` (or the training class names), or ``{vocabulary: (C', H, W)}`` when
+      ``class_names`` is a dict;
+    * ``open_vocab_segments``: per name (per vocabulary for a dict) whose argmax region is not empty,
+      ``{"category_id", "name", "area", "depth", "depth_median", "depth_valid"}``: every answer in metres;
+    * ``panoptic_seg = (ids, segments_info)``: the closed-set regions (one segment per stuff class,
+      one per connected component of a thing class; id = class x label_divisor + component, -1 void),
+      every segment with ``depth`` / ``depth_median`` as :class:`PanopticDepthLab` gives them.
+    """
+
+    # What inference produces; the trainer chooses evaluators (and the mapper panoptic targets) from
+    # it. "panoptic_seg" is deliberately left out: SegDep has no instance head, its panoptic_seg is
+    # the closed-set regions with per-segment depth (for visualisation and "class 12.3 m" answers), so
+    # declaring it would make the mapper build center / offset targets nothing learns from and the
+    # trainer score PQ on connected components. "open_vocab_seg" is for an open-vocab evaluator.
+    OUTPUTS = ("sem_seg", "depth", "open_vocab_seg")
+    # Parameters without weight decay (SegDepTrainer.build_optimizer): CLIP's learned temperature.
+    NO_WEIGHT_DECAY = ("logit_scale",)
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        neck: nn.Module,
+        text_encoder: ClipTextEncoder,
+        fusion: nn.Module,
+        sem_seg_head: nn.Module,
+        depth_head: nn.Module,
+        open_vocab_head: OpenVocabHead,
+        class_names: Sequence[str],
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        held_out_classes: Sequence[str] = (),
+        size_divisibility: int = 32,
+        ignore_value: int = 255,
+        class_weights: Optional[Sequence[float]] = None,
+        seg_loss_weight: float = 1.0,
+        depth_loss_weight: float = 1.0,
+        open_vocab_loss_weight: float = 1.0,
+        distill_loss_weight: float = 0.5,
+        align_loss_weight: float = 0.1,
+        focal_gamma: float = 2.0,
+        boundary_band: int = 3,
+        boundary_boost: float = 2.0,
+        distill_temperature: float = 1.0,
+        align_temperature: float = 0.07,
+        backbone_lr_multiplier: float = 0.1,
+        depth_output_type: str = "log",
+        min_depth: float = 1e-3,
+        max_depth: float = 80.0,
+        depth_losses: Sequence[str] = ("l1", "berhu", "silog"),
+        depth_loss_weights: Sequence[float] = (1.0, 1.0, 1.0),
+        berhu_threshold: float = 0.2,
+        silog_variance_focus: float = 0.85,
+        thing_ids: Sequence[int] = (),
+        label_divisor: int = 1000,
+        classes_without_depth: Sequence[str] = (),
+        depth_range: Optional[Sequence[float]] = None,
+        min_segment_area: int = 64,
+    ):
+        """
+        Args:
+            class_names: the NUM_CLASSES closed-set class names in label order (already cleaned): the
+                training vocabulary (less ``held_out_classes``) and the default inference vocabulary.
+            held_out_classes: names (raw or cleaned) whose pixels no segmentation loss sees and whose
+                names the text encoder never sees in training (zero-shot protocol).
+            thing_ids, label_divisor: how ``panoptic_seg`` numbers segments (dataset metadata).
+            classes_without_depth, depth_range: a segment's ``depth_valid`` is False for these classes
+                (e.g. sky) and for medians outside ``depth_range`` (metadata, as PanopticDepthLab).
+            The rest: see ``MODEL.SEGDEP`` / ``MODEL.DEPTH_HEAD`` in :mod:`segdep_d2.config`.
+        """
+        super().__init__()
+        check_depth_settings(depth_output_type, depth_losses, depth_loss_weights)
+        self.backbone = backbone
+        self.neck = neck
+        self.text_encoder = text_encoder
+        self.fusion = fusion
+        self.sem_seg_head = sem_seg_head
+        self.depth_head = depth_head
+        self.open_vocab_head = open_vocab_head
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.size_divisibility = max(size_divisibility, backbone.size_divisibility)
+        self.ignore_value = int(ignore_value)
+
+        num_classes = sem_seg_head.predictor.out_channels
+        self.class_names = [str(n) for n in class_names]
+        if len(self.class_names) != num_classes:
+            raise ValueError(
+                f"SegDep has {num_classes} classes (MODEL.SEM_SEG_HEAD.NUM_CLASSES) but {len(self.class_names)} "
+                f"class names {self.class_names}: set MODEL.SEGDEP.CLASS_NAMES or DATASETS.TRAIN[0]'s stuff_classes"
+            )
+        cleaned = [canonical_name(n) for n in self.class_names]
+        held_out = []
+        for name in held_out_classes:
+            if canonical_name(name) not in cleaned:
+                raise ValueError(
+                    f"MODEL.SEGDEP.HELD_OUT_CLASSES: {name!r} is not one of the classes {self.class_names}"
+                )
+            held_out.append(cleaned.index(canonical_name(name)))
+        self.held_out_ids = sorted(set(held_out))
+        self.seen_ids = [i for i in range(num_classes) if i not in self.held_out_ids]
+        if not self.seen_ids:
+            raise ValueError("MODEL.SEGDEP.HELD_OUT_CLASSES holds every class: nothing left to train on")
+        self.train_names = [self.class_names[i] for i in self.seen_ids]
+        # Label lookup tables: closed-set target (held-out -> ignore) and open-vocab target (index in
+        # the training vocabulary, held-out -> ignore). Labels >= NUM_CLASSES other than the ignore
+        # value are treated as unlabelled.
+        size = max(num_classes, self.ignore_value) + 1
+        closed = torch.full((size,), self.ignore_value, dtype=torch.long)
+        seen = torch.full((size,), self.ignore_value, dtype=torch.long)
+        for j, i in enumerate(self.seen_ids):
+            closed[i], seen[i] = i, j
+        self.register_buffer("_closed_lut", closed, False)
+        self.register_buffer("_open_lut", seen, False)
+
+        if class_weights:
+            if len(class_weights) != num_classes:
+                raise ValueError(
+                    f"MODEL.SEGDEP.CLASS_WEIGHTS has {len(class_weights)} values for {num_classes} classes"
+                )
+            self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32), False)
+        else:
+            self.class_weights = None
+        self.loss_weights = {
+            "sem_seg": seg_loss_weight, "depth": depth_loss_weight, "open_vocab": open_vocab_loss_weight,
+            "distill": distill_loss_weight, "align": align_loss_weight,
+        }
+        self.focal = {"gamma": focal_gamma, "band": boundary_band, "boost": boundary_boost}
+        self.distill_temperature = distill_temperature
+        self.align_temperature = align_temperature
+        self.backbone_lr_multiplier = backbone_lr_multiplier
+
+        self.depth_output_type = depth_output_type
+        self.min_depth = min_depth
+        self.max_depth = max_depth
+        self.depth_loss_terms = list(zip(depth_losses, depth_loss_weights))
+        self.depth_loss_kwargs = {
+            "berhu": {"threshold": berhu_threshold},
+            "silog": {"variance_focus": silog_variance_focus},
+        }
+        # Depth starts at a plausible distance instead of the range's edge (as HydraNet / PanopticDepthLab).
+        start = min(max(10.0, min_depth), max_depth)
+        bias = math.log(start) if depth_output_type == "log" else math.log(start / (max_depth - start + 1e-6))
+        nn.init.normal_(depth_head.predictor.weight, 0, 0.001)
+        nn.init.constant_(depth_head.predictor.bias, bias)
+
+        self.thing_ids = {int(i) for i in thing_ids}
+        self.label_divisor = int(label_divisor)
+        without = {canonical_name(n) for n in classes_without_depth}
+        self.categories_without_depth = {i for i, n in enumerate(cleaned) if n in without}
+        self._names_without_depth = without
+        self.depth_range = tuple(depth_range) if depth_range is not None else (min_depth, max_depth)
+        self.min_segment_area = int(min_segment_area)
+
+    @classmethod
+    def from_config(cls, cfg):
+        node = cfg.MODEL.SEGDEP
+        backbone = build_backbone(cfg, ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN)))
+        neck = ScaleAlignmentFPN(cfg, backbone.output_shape())
+        text_encoder = ClipTextEncoder(cfg)
+        channels = neck.output_shape().channels
+        hidden = node.HEAD_CHANNELS
+        num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
+        names = list(node.CLASS_NAMES) or [canonical_name(n) for n in (meta.get("stuff_classes", []) if meta else [])]
+        depth = cfg.MODEL.DEPTH_HEAD
+        thing_ids = ()
+        if meta is not None and meta.get("thing_dataset_id_to_contiguous_id", None):
+            thing_ids = tuple(meta.thing_dataset_id_to_contiguous_id.values())
+        return {
+            "backbone": backbone,
+            "neck": neck,
+            "text_encoder": text_encoder,
+            "fusion": TextVisionFusion(
+                channels, text_encoder.embed_dim, node.FUSION_HEADS, node.FUSION_LAYERS, node.FUSION_MLP_RATIO
+            ),
+            "sem_seg_head": SegDepTaskHead(channels, num_classes, hidden, node.NORM),
+            "depth_head": SegDepTaskHead(channels, 1, hidden, node.NORM),
+            "open_vocab_head": OpenVocabHead(channels, text_encoder.embed_dim, hidden, node.NORM),
+            "class_names": names,
+            "held_out_classes": list(node.HELD_OUT_CLASSES),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "size_divisibility": node.SIZE_DIVISIBILITY,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "class_weights": list(node.CLASS_WEIGHTS),
+            "seg_loss_weight": node.SEG_LOSS_WEIGHT,
+            "depth_loss_weight": node.DEPTH_LOSS_WEIGHT,
+            "open_vocab_loss_weight": node.OPEN_VOCAB_LOSS_WEIGHT,
+            "distill_loss_weight": node.DISTILL_LOSS_WEIGHT,
+            "align_loss_weight": node.ALIGN_LOSS_WEIGHT,
+            "focal_gamma": node.FOCAL_GAMMA,
+            "boundary_band": node.BOUNDARY_BAND,
+            "boundary_boost": node.BOUNDARY_BOOST,
+            "distill_temperature": node.DISTILL_TEMPERATURE,
+            "align_temperature": node.ALIGN_TEMPERATURE,
+            "backbone_lr_multiplier": node.BACKBONE_LR_MULTIPLIER,
+            "depth_output_type": depth.OUTPUT_TYPE,
+            "min_depth": depth.MIN_DEPTH,
+            "max_depth": depth.MAX_DEPTH,
+            "depth_losses": list(depth.LOSSES),
+            "depth_loss_weights": list(depth.LOSS_WEIGHTS),
+            "berhu_threshold": depth.BERHU_THRESHOLD,
+            "silog_variance_focus": depth.SILOG_VARIANCE_FOCUS,
+            "thing_ids": thing_ids,
+            "label_divisor": meta.get("label_divisor", 1000) if meta is not None else 1000,
+            "classes_without_depth": list(meta.get("classes_without_depth", ())) if meta is not None else [],
+            "depth_range": meta.get("depth_range", None) if meta is not None else None,
+            "min_segment_area": node.MIN_SEGMENT_AREA,
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    # ---- optimiser protocol (SegDepTrainer.build_optimizer) ----
+    def lr_factor(self, name: str) -> float:
+        """LR multiplier of a parameter (``named_parameters`` name): pretrained modules (the HRNet
+        backbone, and the text tower when it is trainable) learn at ``backbone_lr_multiplier``."""
+        if name.startswith(("backbone.", "text_encoder.")):
+            return self.backbone_lr_multiplier
+        return 1.0
+
+    # ---- network ----
+    def preprocess_image(self, batched_inputs) -> ImageList:
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised, padded images (N, 3, H, W) -> the FPN's (N, C_fpn, H/4, W/4)."""
+        return self.neck(self.backbone(images))
+
+    def dense_outputs(self, features: torch.Tensor, size):
+        """Closed-set logits (N, C, H, W) and depth (N, 1, H, W) metres at the padded size ``size``."""
+        sem = _upsample(self.sem_seg_head(features), size)
+        depth = _upsample(self.depth_head(features), size)
+        return sem, depth_from_logits(depth, self.depth_output_type, self.min_depth, self.max_depth)
+
+    def text_embeddings(self, names: Sequence[str]) -> torch.Tensor:
+        """(C, D) L2-normalised prompt embeddings of ``names`` (cached by the text encoder)."""
+        return self.text_encoder.class_embeddings(list(names)).to(self.device)
+
+    def open_vocab_outputs(self, features: torch.Tensor, text: torch.Tensor):
+        """Fuse ``features`` with the vocabulary ``text`` (C, D): pixel embeddings (N, D, H/4, W/4)
+        and prompt logits (N, C, H/4, W/4)."""
+        embeddings = self.open_vocab_head(self.fusion(features, text))
+        return embeddings, self.open_vocab_head.logits(embeddings, text)
+
+    def forward(self, batched_inputs):
+        images = self.preprocess_image(batched_inputs)
+        features = self.features(images.tensor)
+        size = images.tensor.shape[-2:]
+        sem, depth = self.dense_outputs(features, size)
+        if self.training:
+            return self.losses(features, sem, depth, batched_inputs, size)
+        open_vocab = self.open_vocab_inference(features, batched_inputs, size)
+        return self.postprocess(sem, depth, open_vocab, batched_inputs, images.image_sizes)
+
+    # ---- training ----
+    def _targets(self, batched_inputs, padded_size):
+        """Batch the targets at the padded size; samples without a label type get 'unlabelled'."""
+        n = len(batched_inputs)
+        sem = torch.full((n, *padded_size), self.ignore_value, dtype=torch.long, device=self.device)
+        depth = torch.zeros((n, *padded_size), device=self.device)
+        valid = torch.zeros((n, *padded_size), dtype=torch.bool, device=self.device)
+        for i, x in enumerate(batched_inputs):
+            if "sem_seg" in x:
+                h, w = x["sem_seg"].shape[-2:]
+                sem[i, :h, :w] = x["sem_seg"].to(self.device)
+            if "depth" in x:
+                h, w = x["depth"].shape[-2:]
+                depth[i, :h, :w] = x["depth"].to(self.device)
+                mask = x["depth_valid"] if "depth_valid" in x else x["depth"] > 0
+                valid[i, :h, :w] = mask.to(self.device)
+        return sem, depth, valid
+
+    def _lookup(self, table, target):
+        # labels outside the table (corrupt maps) would index out of range: count them as unlabelled
+        inside = (target >= 0) & (target < table.numel())
+        looked_up = table[target.clamp(0, table.numel() - 1)]
+        return torch.where(inside, looked_up, torch.full_like(target, self.ignore_value))
+
+    def losses(self, features, sem_logits, depth, batched_inputs, padded_size) -> Dict[str, torch.Tensor]:
+        sem_target, depth_target, valid = self._targets(batched_inputs, padded_size)
+        closed_target = self._lookup(self._closed_lut, sem_target)  # held-out classes -> ignore
+        open_target = self._lookup(self._open_lut, sem_target)  # index in the training vocabulary
+        text = self.text_embeddings(self.train_names)
+        embeddings, prompt_low = self.open_vocab_outputs(features, text)
+        # losses in fp32 under AMP
+        sem_logits, depth = sem_logits.float(), depth[:, 0].float()
+        prompt = _upsample(prompt_low.float(), padded_size)
+        ignore = self.ignore_value
+        raw = {
+            "sem_seg": boundary_aware_focal_loss(
+                sem_logits, closed_target, ignore, class_weights=self.class_weights, **self.focal
+            ),
+            "depth": self.depth_loss(depth, depth_target, valid),
+            "open_vocab": masked_cross_entropy(prompt, open_target, ignore),
+            "distill": open_vocab_distillation_loss(
+                prompt, sem_logits[:, self.seen_ids], open_target, ignore, self.distill_temperature
+            ),
+            "align": info_nce_alignment_loss(
+                embeddings.float(), text, _downsample_labels(open_target, embeddings.shape[-2:]), ignore,
+                self.align_temperature,
+            ),
+        }
+        storage = _storage()
+        if storage is not None:
+            labelled = closed_target != ignore
+            counts = {
+                "num_sem_seg_samples": labelled.flatten(1).any(1).sum(),
+                "num_depth_samples": valid.flatten(1).any(1).sum(),
+                "num_sem_seg_pixels": labelled.sum(),
+                "num_depth_pixels": valid.sum(),
+            }
+            for name, value in counts.items():
+                storage.put_scalar(f"segdep/{name}", int(value), smoothing_hint=False)
+            storage.put_scalar("segdep/logit_scale", float(self.open_vocab_head.temperature_scale.detach()))
+        return {f"loss_{name}": raw[name] * self.loss_weights[name] for name in LOSS_NAMES}
+
+    def depth_loss(self, depth, target, valid):
+        """The configured depth losses over valid pixels; on depth / MAX_DEPTH for the sigmoid
+        parameterisation, in metres otherwise (as HydraNet)."""
+        if self.depth_output_type == "sigmoid":
+            depth, target = depth / self.max_depth, target / self.max_depth
+        return sum(
+            weight * DEPTH_LOSSES[name](depth, target, valid, **self.depth_loss_kwargs.get(name, {}))
+            for name, weight in self.depth_loss_terms
+        )
+
+    # ---- inference ----
+    def _vocabularies(self, x) -> "OrderedDict[Optional[str], List[str]]":
+        """The input's vocabularies: ``{None: names}`` for a list (or none: the training class
+        names), ``{vocabulary: names}`` for a dict."""
+        names = x.get("class_names", None)
+        if names is None:
+            return OrderedDict([(None, self.class_names)])
+        if isinstance(names, Mapping):
+            vocabularies = OrderedDict((str(k), [str(n) for n in v]) for k, v in names.items())
+        else:
+            vocabularies = OrderedDict([(None, [names] if isinstance(names, str) else [str(n) for n in names])])
+        for key, value in vocabularies.items():
+            if not value:
+                raise ValueError(f"class_names{'' if key is None else f'[{key!r}]'} is empty: give at least one name")
+        return vocabularies
+
+    def open_vocab_inference(self, features, batched_inputs, padded_size):
+        """Per image, ``{vocabulary key: prompt logits (C', H, W) at the padded size}``; images that
+        ask for the same names are fused in one batch."""
+        per_image = [self._vocabularies(x) for x in batched_inputs]
+        groups: "OrderedDict[tuple, List[int]]" = OrderedDict()
+        for i, vocabularies in enumerate(per_image):
+            for names in vocabularies.values():
+                groups.setdefault(tuple(names), []).append(i)
+        logits_by_names = {}
+        for names, indices in groups.items():
+            indices = sorted(set(indices))
+            _, logits = self.open_vocab_outputs(features[indices], self.text_embeddings(names))
+            logits = _upsample(logits, padded_size)
+            for row, i in enumerate(indices):
+                logits_by_names[(names, i)] = logits[row]
+        return [
+            OrderedDict((key, logits_by_names[(tuple(names), i)]) for key, names in vocabularies.items())
+            for i, vocabularies in enumerate(per_image)
+        ]
+
+    def postprocess(self, sem_seg_results, depth_results, open_vocab_results, batched_inputs, image_sizes):
+        """Network outputs at the padded size -> per-image results at each input's original size."""
+        processed = []
+        for sem, depth, open_vocab, x, image_size in zip(
+            sem_seg_results, depth_results, open_vocab_results, batched_inputs, image_sizes
+        ):
+            height = x.get("height", image_size[0])
+            width = x.get("width", image_size[1])
+            r = _crop_and_resize(sem, image_size, height, width)
+            d = _crop_and_resize(depth, image_size, height, width)[0]
+            result = {"sem_seg": r, "depth": d, "panoptic_seg": self.panoptic_regions(r.argmax(dim=0), d)}
+            vocabularies = self._vocabularies(x)
+            scores = {key: _crop_and_resize(v, image_size, height, width) for key, v in open_vocab.items()}
+            segments = {key: self.named_segments(scores[key], vocabularies[key], d) for key in scores}
+            if None in scores:  # a list of names (or none given)
+                result["open_vocab_seg"], result["open_vocab_segments"] = scores[None], segments[None]
+            else:
+                result["open_vocab_seg"], result["open_vocab_segments"] = scores, segments
+            processed.append(result)
+        return processed
+
+    def panoptic_regions(self, labels: torch.Tensor, depth: torch.Tensor):
+        """Closed-set labels (H, W) -> ``(ids, segments_info)``: one segment per stuff class, one
+        per 8-connected component of a thing class (id = class x label_divisor + component), segments
+        under ``min_segment_area`` pixels void (-1); every segment with its depth
+        (:func:`segment_depths`) as PanopticDepthLab's."""
+        labels_np = labels.detach().cpu().numpy()
+        ids = np.full(labels_np.shape, -1, dtype=np.int64)
+        for c in np.unique(labels_np).tolist():
+            mask = labels_np == c
+            if c in self.thing_ids:
+                _, components = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+                ids[mask] = c * self.label_divisor + components[mask]
+            else:
+                ids[mask] = c * self.label_divisor
+        segment_ids, areas = np.unique(ids, return_counts=True)
+        small = segment_ids[(areas < self.min_segment_area) & (segment_ids >= 0)]
+        if small.size:
+            ids[np.isin(ids, small)] = -1
+        stats = segment_depths(ids, depth.detach().float().cpu(), void_ids=(-1,))
+        lo, hi = self.depth_range
+        segments_info = []
+        for seg_id, values in stats.items():
+            category = int(seg_id) // self.label_divisor
+            segments_info.append({
+                "id": int(seg_id),
+                "category_id": category,
+                "isthing": category in self.thing_ids,
+                **values,
+                "depth_valid": category not in self.categories_without_depth and lo < values["depth_median"] < hi,
+            })
+        return torch.as_tensor(ids, device=labels.device), segments_info
+
+    def named_segments(self, scores: torch.Tensor, names: Sequence[str], depth: torch.Tensor):
+        """Open-vocab scores (C', H, W) -> one entry per name whose argmax region is not empty, with
+        its area and depth (mean / median over the region, metres)."""
+        stats = segment_depths(scores.argmax(dim=0).detach().cpu(), depth.detach().float().cpu(), void_ids=())
+        lo, hi = self.depth_range
+        return [
+            {
+                "category_id": int(j),
+                "name": names[j],
+                **values,
+                "depth_valid": canonical_name(names[j]) not in self._names_without_depth
+                and lo < values["depth_median"] < hi,
+            }
+            for j, values in stats.items()
+        ]
+
+
+def _downsample_labels(target: torch.Tensor, size) -> torch.Tensor:
+    """(N, H, W) labels -> (N, h, w) by nearest neighbour at pixel centres ("nearest-exact"),
+    the label under each 1/4-resolution feature pixel."""
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    return F.interpolate(target[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].long()
