@@ -22,10 +22,19 @@ from detectron2.utils import comm
 from ..data import DepthPanopticDatasetMapper
 from ..data.label_io import has_panoptic
 from ..data.pseudo_labels import register_pseudo_labels
-from ..evaluation import DepthEvaluator, LabelledSemSegEvaluator, PanopticDepthEvaluator
+from ..evaluation import (
+    DepthEvaluator,
+    LabelledSemSegEvaluator,
+    OpenVocabEvaluator,
+    PanopticDepthEvaluator,
+    VocabularyDataLoader,
+)
 from ..modeling.meta_arch import model_outputs
 
-__all__ = ["SegDepTrainer", "build_evaluators", "label_counts", "register_config_datasets", "training_dicts"]
+__all__ = [
+    "SegDepTrainer", "build_evaluators", "label_counts", "open_vocab_evaluator", "register_config_datasets",
+    "training_dicts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +83,13 @@ def training_dicts(cfg):
     return dicts
 
 
+def open_vocab_evaluator(cfg, dataset_name, output_folder=None):
+    """Open-vocabulary mIoU with the class names and their synonyms, plus the held-out names
+    (``MODEL.SEGDEP.HELD_OUT_CLASSES``) queried zero-shot when the model was trained without them."""
+    held_out = list(cfg.MODEL.SEGDEP.HELD_OUT_CLASSES) or None
+    return OpenVocabEvaluator(dataset_name, held_out_classes=held_out, output_dir=output_folder)
+
+
 def build_evaluators(cfg, dataset_name, output_folder=None):
     """The evaluators the dataset's records call for: semantic (detectron2's SemSegEvaluator)
     where records carry ``sem_seg_file_name``, depth where they carry ``depth_file_name``,
@@ -101,6 +117,8 @@ def build_evaluators(cfg, dataset_name, output_folder=None):
                 median_scaling=cfg.TEST.DEPTH.MEDIAN_SCALING,
             )
         )
+    if counts["sem_seg"] and "open_vocab_seg" in outputs:
+        evaluators.append(open_vocab_evaluator(cfg, dataset_name, output_folder))
     if counts["panoptic"] and "panoptic_seg" in outputs:
         evaluators.append(
             PanopticDepthEvaluator(
@@ -158,7 +176,11 @@ class SegDepTrainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         register_config_datasets(cfg)  # --eval-only builds no trainer
-        return build_detection_test_loader(cfg, dataset_name, mapper=DepthPanopticDatasetMapper(cfg, is_train=False))
+        loader = build_detection_test_loader(cfg, dataset_name, mapper=DepthPanopticDatasetMapper(cfg, is_train=False))
+        if "open_vocab_seg" in model_outputs(cfg) and label_counts(DatasetCatalog.get(dataset_name))["sem_seg"]:
+            # the names OpenVocabEvaluator scores reach the model as each input's "class_names"
+            loader = VocabularyDataLoader(loader, open_vocab_evaluator(cfg, dataset_name).queries)
+        return loader
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -70,12 +70,29 @@ def test_segdep_trains_and_evaluates(datasets, tmp_path):
         assert {"sem_seg", "depth", "depth_valid"} <= set(sample) and "center" not in sample
 
         assert [type(e).__name__ for e in build_evaluators(cfg, "test_segdep_val")._evaluators] == [
-            "LabelledSemSegEvaluator", "DepthEvaluator"
+            "LabelledSemSegEvaluator", "DepthEvaluator", "OpenVocabEvaluator"
         ]
         results = SegDepTrainer.test(cfg, trainer.model)
     finally:
         torch.set_num_threads(threads)
-    assert set(results) == {"sem_seg", "depth"}
+    assert set(results) == {"sem_seg", "depth", "open_vocab"}
     assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0
+    # the test loader asked the model for the class names and their synonyms
+    assert results["open_vocab"]["num_images"] == 2
+    assert 0.0 <= results["open_vocab"]["mIoU_seen"] <= 100.0 and 0.0 <= results["open_vocab"]["mIoU_synonyms"] <= 100.0
     assert results["depth"]["num_images"] == 2 and np.isfinite(results["depth"]["AbsRel"])
     assert os.path.isfile(tmp_path / "model_final.pth")
+
+
+def test_held_out_names_are_evaluated_zero_shot(datasets, tmp_path):
+    """MODEL.SEGDEP.HELD_OUT_CLASSES: the evaluation adds the held-out protocol (names never seen in
+    training, queried by name) beside the seen and synonym vocabularies."""
+    torch.manual_seed(0)
+    cfg = _cfg(tmp_path, "MODEL.SEGDEP.HELD_OUT_CLASSES", "['Car']")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-init CLIP warning
+        model = SegDepTrainer.build_model(cfg)
+    results = SegDepTrainer.test(cfg, model)["open_vocab"]
+    assert results["num_images"] == 2
+    assert {"mIoU_seen", "mIoU_synonyms", "mIoU_held_out", "mIoU_held_out_seen_classes"} <= set(results)
+    assert "IoU-Car@held_out" in results and 0.0 <= results["IoU-Car@held_out"] <= 100.0
