@@ -109,6 +109,22 @@ MODELS = {
         ),
         table_note="(mIoU, pixel accuracy as fractions; AbsRel and RMSE: lower is better; d1: higher is better)",
     ),
+    "segdep": DemoModel(
+        title="SegDep (HRNet-W18-small + FPN + CLIP-style text tower, CPU)",
+        config="projects/SegDep/configs/Synthetic-SegDep/segdep_hrnet18s_cpu.yaml",
+        output="output/demo_segdep",
+        record_name="demo_segdep_{date}.json",
+        table=(  # closed-set, depth, and the classes queried by name (OpenVocabEvaluator)
+            ("mIoU", "sem_seg", "mIoU", 0.01),
+            ("AbsRel", "depth", "AbsRel", 1.0),
+            ("d1", "depth", "d1", 1.0),
+            ("OV seen", "open_vocab", "mIoU_seen", 0.01),
+            ("OV synonyms", "open_vocab", "mIoU_synonyms", 0.01),
+            ("OV held-out", "open_vocab", "mIoU_held_out", 0.01),
+        ),
+        table_note="(mIoU and open-vocabulary mIoU as fractions; OV held-out only with "
+                   "MODEL.SEGDEP.HELD_OUT_CLASSES; AbsRel: lower is better; d1: higher is better)",
+    ),
 }
 DEFAULT_MODEL = "panoptic_depthlab"
 

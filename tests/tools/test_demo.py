@@ -190,6 +190,9 @@ def test_each_model_has_its_config_folder_and_columns(demo):
     assert columns == ["mIoU", "pACC", "AbsRel", "RMSE [m]", "d1"]  # HydraNet predicts no panoptic segments
     assert [name for name, *_ in demo.MODELS["panoptic_depthlab"].table] == [
         "mIoU", "PQ", "DPQ", "AbsRel", "d1", "segment AbsRel"]
+    assert [name for name, *_ in demo.MODELS["segdep"].table] == [
+        "mIoU", "AbsRel", "d1", "OV seen", "OV synonyms", "OV held-out"]
+    assert demo.parse_args(["--model", "segdep"]).output == os.path.join(REPO_ROOT, "output", "demo_segdep")
     with pytest.raises(SystemExit):
         demo.parse_args(["--model", "segformer"])
 
@@ -203,6 +206,13 @@ def test_hydranet_table_reads_its_sections(demo):
     assert lines[3].split() == ["untrained", "0.025", "-", "-", "-", "-"]  # a missing metric is "-"
     assert "PQ" not in demo.table([("a", trained)], demo.MODELS["hydranet"].table)
     assert "PQ" in demo.table([("a", trained)])  # the default columns stay Panoptic-DepthLab's
+
+
+def test_segdep_table_reads_the_open_vocabulary_section(demo):
+    trained = {"sem_seg": {"mIoU": 30.0}, "depth": {"AbsRel": 0.25, "d1": 0.6},
+               "open_vocab": {"mIoU_seen": 28.0, "mIoU_synonyms": 12.5}}
+    line = demo.table([("trained", trained)], demo.MODELS["segdep"].table).splitlines()[2]
+    assert line.split() == ["trained", "0.300", "0.250", "0.600", "0.280", "0.125", "-"]  # no held-out names
 
 
 def test_hydranet_report_names_its_model_and_record(demo, tmp_path):
