@@ -1,4 +1,5 @@
 """The procedural street-scene generator writes the real VKITTI2 / Cityscapes formats with exact geometry."""
+import dataclasses
 import filecmp
 import hashlib
 import json
@@ -51,7 +52,9 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     S.generate_vkitti2(b, seed=3, **kw)
     S.generate_vkitti2(c, seed=4, **kw)
     files = _files(a)
-    assert len(files) == 2 * (2 * 4 + 6) and files == _files(b) == _files(c)
+    # per variation: 2 frames x (rgb, depth, classgt, instancegt) + forwardFlow/flow_00000 +
+    # backwardFlow/backwardFlow_00001 + 6 text files
+    assert len(files) == 2 * (2 * 4 + 2 + 6) and files == _files(b) == _files(c)
     match, mismatch, errors = filecmp.cmpfiles(a, b, files, shallow=False)
     assert mismatch == [] and errors == [] and len(match) == len(files)
     rgb = os.path.join("Scene01", "clone", "frames", "rgb", "Camera_0", "rgb_00000.jpg")
@@ -82,6 +85,9 @@ def _tree_sha256(root):
 # Digests of the current generator's output, pinned so that refactors provably keep the bytes (every
 # variation's shading branch, both cameras, a frame step, every street style, the Cityscapes bonnet).
 # A deliberate change to the generated data must update them.
+# Updated deliberately for issue 13: pose.txt lost its extra isMoving column (the real file has 19 columns;
+# isMoving lives in bbox.txt), and VKITTI2 output gained forwardFlow / backwardFlow PNGs (pinned below), so
+# pose.txt and both VKITTI2 tree digests changed; every image, bbox.txt and info.txt kept its bytes.
 _PINNED_VKITTI2_FRAME = {  # Scene02/clone, Camera_1, frame 5
     "frames/rgb/Camera_1/rgb_00005.jpg": "888d9a00f058202fa4b761019a727738655e175ad07010a23ef52aeb94e724b8",
     "frames/depth/Camera_1/depth_00005.png": "af4d41aac03bebd549026999eb71da4730af966e72f8d1a3d562c9cfb0342fde",
@@ -91,10 +97,14 @@ _PINNED_VKITTI2_FRAME = {  # Scene02/clone, Camera_1, frame 5
         "52b47b3dd4d2e6fae2303fc882425225dfec0d1197b08085ac21094cd5bcb6e3",
     "intrinsic.txt": "773f0a8ae7b266967b5b4d377c1ddb1581933ad40f574c6432929a51e191ef59",
     "extrinsic.txt": "e1e9688876a2637bf72ebda0b965ba76985cb820c4b6396fac5601e9dad8a4c5",
-    "pose.txt": "098d3fb067aca0346c4b7dfdb581baf8a589ec24d0cf12a51b33388ae05f9d02",
+    "pose.txt": "4f7f96c4140529e4b6b3c9475ff4037a91761f0d20fa74b61463fb63b987acd2",
     "bbox.txt": "a16e32d9cc0b59d2030b59906a9c18c41f8c96ecae113306d328554b31baffae",
     "info.txt": "0bdf1931a9d66e882c4a157bc12036a497dfa1f61d8b4c4d7e2a73ead0150cb7",
     "colors.txt": "c8796c41711215f902e4630635fb3c1ecf0e0e457640a30c5ffdd1c068c87c93",
+    # frame_step 5: frame 0 flows to frame 5 and frame 5 back to frame 0
+    "frames/forwardFlow/Camera_1/flow_00000.png": "65691eb22c9615396751b7534474889aa8c10f104fa595a461d83932072b0af9",
+    "frames/backwardFlow/Camera_1/backwardFlow_00005.png":
+        "50b2b39b0a875f656ff35481302edf33702b8a6df36e3439f2c9ebf607f4aaf7",
 }
 _PINNED_CITYSCAPES_FRAME = {  # val/frankfurt, sequence 0, frame 1
     "leftImg8bit/val/frankfurt/frankfurt_000000_000001_leftImg8bit.png":
@@ -130,8 +140,8 @@ def test_generated_bytes_match_pinned_sha256(tmp_path):
     assert {rel: _sha256(os.path.join(cs, rel)) for rel in _PINNED_CITYSCAPES_FRAME} == _PINNED_CITYSCAPES_FRAME
     assert _sha256(os.path.join(vk, "Scene02", "rain", "frames", "rgb", "Camera_1", "rgb_00005.jpg")) == (
         "3626c4d2ef6c444dc879b0ec4fc66157daa0af160b8708d668fb7a76cf5f2b00")
-    assert _tree_sha256(vk) == "7a66ebe206ddb3cd3cca656891b2e62e09c0ba78b280f3de36335fe633ef7bdc"
-    assert _tree_sha256(vk_styles) == "6f8b021b1c955d832752409fb831d907e8a440e1d4d77062207cde4a707caf8a"
+    assert _tree_sha256(vk) == "ed3119141989a9713dd8e38d22bb5d01cbf72b7d137e4a365df0c03d99f28031"
+    assert _tree_sha256(vk_styles) == "e6161ac3bf62aaf3f0e6ed84e5a427d1001f5255e6be9fdd7f7529d532c30bbe"
     assert _tree_sha256(cs) == "452100dddf34b31f2ef58604d9b60e1dc35b6f94b977b98e83ce88ce5aa46b8a"
 
 
@@ -258,6 +268,149 @@ def test_vehicles_move_and_appearance_variations_share_geometry(vk):
         assert filecmp.cmp(os.path.join(root, "clone", name), os.path.join(root, "fog", name), shallow=False)
 
 
+def test_textgt_has_the_real_columns(vk):
+    from segdep_d2.data.datasets.vkitti2_textgt import BBOX_COLUMNS, INFO_COLUMNS, POSE_COLUMNS
+
+    root = os.path.join(vk[0], "Scene02", "clone")
+    for name, columns in (("info.txt", INFO_COLUMNS), ("bbox.txt", BBOX_COLUMNS), ("pose.txt", POSE_COLUMNS)):
+        header, rows = _read_table(os.path.join(root, name))
+        assert tuple(header) == columns and rows
+    assert len(POSE_COLUMNS) == 19 and "isMoving" not in POSE_COLUMNS and BBOX_COLUMNS[-1] == "isMoving"
+
+
+def test_textgt_headers_equal_the_real_files(vk, real_samples):
+    real = os.path.join(real_samples, "vkitti2", "adas-perception-eval", "tests", "fixtures", "vkitti", "Scene01",
+                        "clone")
+    for name in ("info.txt", "bbox.txt", "pose.txt"):
+        with open(os.path.join(real, name)) as fh:
+            real_header = fh.readline().split()
+        with open(os.path.join(vk[0], "Scene02", "clone", name)) as fh:
+            assert fh.readline().split() == real_header, name
+
+
+def _table_by_frame(path, first_value):
+    """{(frame, camera): {trackID: values from column ``first_value`` on}} of bbox.txt / pose.txt."""
+    _, rows = _read_table(path)
+    out = {}
+    for r in rows:
+        out.setdefault((int(r[0]), int(r[1])), {})[int(r[2])] = r[first_value:]
+    return out
+
+
+def test_flow_files_follow_vkitti2_naming_and_share_geometry(vk, tmp_path):
+    out, summary = vk
+    root = os.path.join(out, "Scene02")
+    for variation in ("clone", "fog", "15-deg-left"):
+        for cam in (0, 1):
+            forward = os.path.join(root, variation, "frames", "forwardFlow", f"Camera_{cam}")
+            backward = os.path.join(root, variation, "frames", "backwardFlow", f"Camera_{cam}")
+            # VKITTI2: the last frame has no forward flow, the first no backward flow
+            assert sorted(os.listdir(forward)) == ["flow_00000.png", "flow_00001.png"]
+            assert sorted(os.listdir(backward)) == ["backwardFlow_00001.png", "backwardFlow_00002.png"]
+    for entry in summary["frames"]:
+        assert ("forward_flow" in entry) == (entry["frame"] < 2) and ("backward_flow" in entry) == (entry["frame"] > 0)
+    rel = os.path.join("frames", "forwardFlow", "Camera_0", "flow_00000.png")
+    assert filecmp.cmp(os.path.join(root, "clone", rel), os.path.join(root, "fog", rel), shallow=False)
+    assert not filecmp.cmp(os.path.join(root, "clone", rel), os.path.join(root, "15-deg-left", rel), shallow=False)
+    no_flow = S.generate_vkitti2(str(tmp_path / "no_flow"), scenes=["Scene06"], frames=2, height=32, width=96,
+                                 flow=False)
+    assert not any("Flow" in f for f in _files(str(tmp_path / "no_flow")))
+    assert not any("forward_flow" in e or "backward_flow" in e for e in no_flow["frames"])
+
+
+def _reproject(u, v, depth, K, E_from, E_to, shift):
+    """Pixels (u, v) at z-depth ``depth`` in the camera of E_from, moved by ``shift`` (N, 3) in the world, seen by
+    E_to: returns (u', v', z')."""
+    cam = np.stack([(u - K[0, 2]) / K[0, 0] * depth, (v - K[1, 2]) / K[1, 1] * depth, depth, np.ones_like(depth)])
+    world = np.linalg.inv(E_from) @ cam
+    world[:3] += shift.T
+    x, y, z, _ = E_to @ world
+    return K[0, 0] * x / z + K[0, 2], K[1, 1] * y / z + K[1, 2], z
+
+
+def test_flow_matches_reprojected_depth(vk):
+    """Decoded flow == the pixel's depth back-projected with frame t's camera, moved as pose.txt says (static
+    scene: not at all; vehicles: their world_space displacement) and projected with the other frame's camera.
+
+    Tolerance: the depth PNG is centimetres (true depth within +-5 mm of the stored value, and the reprojected
+    position is monotonic in depth along a ray, so the exact flow lies between the flows at d -+ 5 mm), plus
+    half a step of the 16-bit flow encoding ((W-1)/65535 px in x, (H-1)/65535 px in y), plus 1e-3 px for the
+    6-decimal text files.
+    """
+    from segdep_d2.data.flow_io import read_vkitti2_flow, vkitti2_flow_quantisation
+
+    out, summary = vk
+    qx, qy = vkitti2_flow_quantisation(H, W)
+    checked = {"static": 0, "vehicle": 0, "sky": 0}
+    for entry in summary["frames"]:
+        root = os.path.join(out, entry["scene"], entry["variation"])
+        t, cam = entry["frame"], entry["camera"]
+        _, intr = _read_table(os.path.join(root, "intrinsic.txt"))
+        fx, fy, cx, cy = next([float(x) for x in r[2:]] for r in intr if (int(r[0]), int(r[1])) == (t, cam))
+        K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+        _, extr = _read_table(os.path.join(root, "extrinsic.txt"))
+        E = {(int(r[0]), int(r[1])): np.array([float(x) for x in r[2:]]).reshape(4, 4) for r in extr}
+        pose = _table_by_frame(os.path.join(root, "pose.txt"), 3)
+        stored = np.array(Image.open(entry["depth"])).astype(np.float64)
+        track = np.array(Image.open(entry["instance"])).astype(int) - 1
+        for key, target in (("forward_flow", t + 1), ("backward_flow", t - 1)):
+            if key not in entry:
+                continue
+            flow, valid = read_vkitti2_flow(entry[key])
+            sky = stored == 65535
+            assert not valid[sky].any()
+            checked["sky"] += int(sky.sum())
+            # world displacement of each pixel's surface between the frames (pose.txt: world_space_X/Y/Z)
+            shift = np.zeros((H, W, 3))
+            known = ~sky
+            for tid in np.unique(track[track >= 0]):
+                a, b = pose[(t, cam)].get(tid), pose.get((target, cam), {}).get(tid)
+                if b is None:  # not visible in the other frame: pose.txt does not say where it went
+                    known &= track != tid
+                    continue
+                shift[track == tid] = np.array([float(x) for x in b[4:7]]) - np.array([float(x) for x in a[4:7]])
+            v, u = np.nonzero(known)
+            d = stored[v, u] / 100.0
+            lo = _reproject(u, v, d - 0.005, K, E[(t, cam)], E[(target, cam)], shift[v, u])
+            hi = _reproject(u, v, d + 0.005, K, E[(t, cam)], E[(target, cam)], shift[v, u])
+            assert (lo[2] > 0.05).all() and (hi[2] > 0.05).all() and valid[v, u].all()
+            for axis, q, base in ((0, qx, u), (1, qy, v)):
+                low = np.minimum(lo[axis], hi[axis]) - base - q - 1e-3
+                high = np.maximum(lo[axis], hi[axis]) - base + q + 1e-3
+                f = flow[v, u, axis]
+                bad = (f < low) | (f > high)
+                assert not bad.any(), (entry[key], axis, f[bad][:5], low[bad][:5], high[bad][:5])
+            on_vehicle = track[v, u] >= 0
+            checked["vehicle"] += int(on_vehicle.sum())
+            checked["static"] += int((~on_vehicle).sum())
+            assert np.abs(flow[v, u]).max() > 1.0  # the camera really moves
+    assert checked["static"] > 50000 and checked["vehicle"] > 1000 and checked["sky"] > 0
+
+
+def test_flow_file_is_the_exact_flow_and_carries_object_motion(vk):
+    """The PNG holds :func:`frame_flow` to half an encoding step, and on moving vehicles that flow is not what a
+    static scene would give (the object's own motion is in it)."""
+    from segdep_d2.data.flow_io import read_vkitti2_flow
+    from segdep_d2.data.synthetic.raycast import cast_geometry
+
+    out, summary = vk
+    entry = next(e for e in summary["frames"] if (e["variation"], e["camera"], e["frame"]) == ("clone", 0, 0))
+    layout = S.build_scene(entry["scene"], 0)
+    gbuffer = cast_geometry(layout, 0, S.vkitti2_intrinsics(H, W), H, W, "clone", 0)
+    exact, exact_valid = S.frame_flow(layout, gbuffer, 1)
+    flow, valid = read_vkitti2_flow(entry["forward_flow"])
+    np.testing.assert_array_equal(valid, exact_valid)
+    assert np.abs(flow - exact)[valid].max() <= (W - 1) / 65535 + 1e-6
+
+    moving = np.isin(gbuffer.track, [v.track_id for v in layout.vehicles if v.moving])
+    assert moving.sum() > 50
+    frozen = dataclasses.replace(gbuffer, vehicles={t: dataclasses.replace(v, speed=0.0)
+                                                    for t, v in gbuffer.vehicles.items()})
+    static, _ = S.frame_flow(layout, frozen, 1)
+    np.testing.assert_array_equal(static[~moving], exact[~moving])
+    assert np.abs(static - exact)[moving].max() > 0.5
+
+
 def test_cityscapes_labels_panoptic_disparity_and_camera(cs):
     from cityscapesscripts.helpers.labels import id2label
 
@@ -329,6 +482,10 @@ def test_cli_writes_and_summarises(tmp_path, capsys):
     assert "wrote 2 frames (vkitti2)" in proc.stdout and "32x96" in proc.stdout
     assert "Scene06: clone 2 frames" in proc.stdout and "Road" in proc.stdout
     assert (out / "Scene06" / "clone" / "frames" / "depth" / "Camera_0" / "depth_00001.png").is_file()
+    frames = out / "Scene06" / "clone" / "frames"
+    assert sorted(os.listdir(frames / "forwardFlow" / "Camera_0")) == ["flow_00000.png"]
+    assert sorted(os.listdir(frames / "backwardFlow" / "Camera_0")) == ["backwardFlow_00001.png"]
+    assert {"info.txt", "pose.txt", "bbox.txt"} <= set(os.listdir(out / "Scene06" / "clone"))
     # Another process wrote the same bytes as this one does (no dependence on hash salts or caches).
     here = tmp_path / "here"
     S.generate_vkitti2(str(here), scenes=["Scene06"], frames=2, height=32, width=96, seed=0)

@@ -1,3 +1,4 @@
+from .asymmetric import keep_labels, record_tasks, register_asymmetric_split
 from .builtin import register_all
 from .cityscapes_depth import load_cityscapes_panoptic_depth
 from .generic import register_depth_panoptic_dataset
@@ -12,15 +13,24 @@ from .kitti import (
     register_kitti_eigen,
     register_kitti_sem_seg,
 )
-from .vkitti2 import load_vkitti2, register_vkitti2
+from .vkitti2 import load_vkitti2, load_vkitti2_referring, register_vkitti2, register_vkitti2_referring
 from .vkitti2_categories import VKITTI2_CATEGORIES
 from .vkitti2_prepared import prepare_vkitti2, register_vkitti2_panoptic, register_vkitti2_sem_seg
+from .vkitti2_textgt import VKITTI2Object, VKITTI2TextGT, load_vkitti2_textgt
 
 __all__ = [
     "register_all",
+    "keep_labels",
+    "record_tasks",
+    "register_asymmetric_split",
     "register_depth_panoptic_dataset",
     "register_vkitti2",
     "load_vkitti2",
+    "load_vkitti2_referring",
+    "register_vkitti2_referring",
+    "load_vkitti2_textgt",
+    "VKITTI2TextGT",
+    "VKITTI2Object",
     "prepare_vkitti2",
     "register_vkitti2_sem_seg",
     "register_vkitti2_panoptic",

@@ -4,6 +4,8 @@ Both layouts are accepted: the merged tree ``<root>/SceneXX/<variation>/frames/<
 and the per-archive roots ``<root>/vkitti_2.0.3_<kind>/SceneXX/...``. Folder names are matched
 case-insensitively (``classSegmentation`` vs ``classsegmentation`` differs between sources).
 VKITTI2 has no official split: by default ``Scene20`` is held out for validation.
+``vkitti2_referring_{train,val}`` add referring-expression ``queries`` generated from the textgt
+(:mod:`.vkitti2_textgt`, :mod:`segdep_d2.data.referring`).
 """
 import logging
 import os
@@ -12,8 +14,10 @@ import re
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
+from ..referring import VisibilityRule, record_seed, referring_expressions
 from .metadata import depth_panoptic_metadata
 from .vkitti2_categories import VKITTI2_CATEGORIES, VKITTI2_IGNORE_LABEL, VKITTI2_LABEL_DIVISOR
+from .vkitti2_textgt import load_vkitti2_textgt
 
 logger = logging.getLogger(__name__)
 
@@ -173,22 +177,85 @@ def vkitti2_metadata():
     )
 
 
-def register_vkitti2(name, root, scenes=VKITTI2_SCENES, variations=VKITTI2_VARIATIONS, cameras=("Camera_0",)):
-    """Register a VKITTI2 subset under ``name`` (DatasetCatalog + MetadataCatalog)."""
+def register_vkitti2(name, root, scenes=VKITTI2_SCENES, variations=VKITTI2_VARIATIONS, cameras=("Camera_0",),
+                     referring=None):
+    """Register a VKITTI2 subset under ``name`` (DatasetCatalog + MetadataCatalog).
+
+    ``referring`` (a dict of :func:`load_vkitti2_referring` options, ``seed`` / ``max_queries``; ``{}`` for the
+    defaults) registers the frames with referring ``queries`` instead (see :func:`register_vkitti2_referring`).
+    """
     scenes, variations, cameras = tuple(scenes), tuple(variations), tuple(cameras)
-    DatasetCatalog.register(name, lambda: load_vkitti2(root, scenes, variations, cameras))
+    extra = {}
+    if referring is None:
+        DatasetCatalog.register(name, lambda: load_vkitti2(root, scenes, variations, cameras))
+    else:
+        options = {"seed": 0, "max_queries": 8, **referring}
+        DatasetCatalog.register(name, lambda: load_vkitti2_referring(root, scenes, variations, cameras, **options))
+        extra = dict(referring_seed=options["seed"], referring_max_queries=options["max_queries"])
     MetadataCatalog.get(name).set(
-        dataset_root=root, scenes=scenes, variations=variations, cameras=cameras, **vkitti2_metadata()
+        dataset_root=root, scenes=scenes, variations=variations, cameras=cameras, **extra, **vkitti2_metadata()
     )
+
+
+def _textgt_of(roots, scene, variation):
+    """The joined info / bbox / pose of one scene/variation (merged or ``vkitti_2.0.3_textgt`` layout)."""
+    files = {name: _find(roots, scene, variation, name) for name in ("info.txt", "bbox.txt", "pose.txt")}
+    missing = [name for name, path in files.items() if path is None]
+    if missing:
+        raise FileNotFoundError(
+            f"Virtual KITTI 2 textgt of {scene}/{variation} lacks {', '.join(missing)} under {roots[0]} "
+            "(expected SceneXX/<variation>/{info,bbox,pose}.txt, merged or in vkitti_2.0.3_textgt/)")
+    return load_vkitti2_textgt(info_file=files["info.txt"], bbox_file=files["bbox.txt"],
+                               pose_file=files["pose.txt"])
+
+
+def load_vkitti2_referring(root, scenes=VKITTI2_SCENES, variations=VKITTI2_VARIATIONS, cameras=("Camera_0",),
+                           seed=0, max_queries=8, visibility=None):
+    """:func:`load_vkitti2` records plus ``queries``: referring expressions generated from the textgt.
+
+    Each query is ``{"text", "kind", "track_id", "instance_id", "target_distance"}``; ``instance_id`` is the
+    target's value in the record's ``instance_file_name`` (VKITTI2 instancegt = trackID + 1) and
+    ``target_distance`` its depth (``camera_space_Z``, metres). Queries are those of
+    :func:`segdep_d2.data.referring.referring_expressions`, seeded per record from ``seed`` and the
+    ``image_id`` (so a record's queries do not depend on which other records are loaded). Frames without any
+    query (no clearly visible vehicle) are left out.
+    """
+    records = load_vkitti2(root, scenes, variations, cameras)
+    roots = _layout_roots(root)
+    visibility = visibility or VisibilityRule()
+    textgts, out = {}, []
+    for record in records:
+        scene, variation, camera = record["sequence_id"].split("/")
+        if (scene, variation) not in textgts:
+            textgts[(scene, variation)] = _textgt_of(roots, scene, variation)
+        objects = textgts[(scene, variation)].objects(record["frame_index"], int(camera.rsplit("_", 1)[-1]))
+        queries = referring_expressions(objects, record["width"], record["height"],
+                                        seed=record_seed(seed, record["image_id"]), max_queries=max_queries,
+                                        visibility=visibility)
+        if queries:
+            out.append({**record, "queries": queries})
+    if len(out) < len(records):
+        logger.info(f"VKITTI2 referring {root}: {len(records) - len(out)} of {len(records)} frames have no "
+                    "clearly visible vehicle to refer to and are left out")
+    return out
+
+
+def register_vkitti2_referring(name, root, scenes=VKITTI2_SCENES, variations=VKITTI2_VARIATIONS,
+                               cameras=("Camera_0",), seed=0, max_queries=8):
+    """Register VKITTI2 frames with referring-expression ``queries`` (:func:`load_vkitti2_referring`) under
+    ``name``; the metadata is VKITTI2's plus ``referring_seed`` / ``referring_max_queries``."""
+    register_vkitti2(name, root, scenes, variations, cameras, referring=dict(seed=seed, max_queries=max_queries))
 
 
 def register_all_vkitti2(datasets_root):
     """``vkitti2_{train,val}`` (all variations) and ``vkitti2_<variation>_{train,val}``: the
     depth-aware names, whose records point at VKITTI2's own colour / palette label PNGs
-    (``label_format "vkitti2"``, decoded by segdep_d2's readers). The detectron2-standard views
+    (``label_format "vkitti2"``, decoded by segdep_d2's readers), and ``vkitti2_referring_{train,val}``
+    (the same frames with textgt-derived referring ``queries``). The detectron2-standard views
     ``vkitti2_sem_seg_*`` / ``vkitti2_panoptic_*`` are in :mod:`.vkitti2_prepared`."""
     root = os.path.join(datasets_root, "vkitti2")
     for split, scenes in VKITTI2_SPLITS.items():
         register_vkitti2(f"vkitti2_{split}", root, scenes, VKITTI2_VARIATIONS)
         for variation in VKITTI2_VARIATIONS:
             register_vkitti2(f"vkitti2_{variation}_{split}", root, scenes, (variation,))
+        register_vkitti2(f"vkitti2_referring_{split}", root, scenes, VKITTI2_VARIATIONS, referring={})

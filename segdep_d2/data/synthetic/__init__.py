@@ -6,7 +6,8 @@ signs, lights, trees, guard rails, moving vehicles) with numpy, so depth, classe
 by construction, and writes them as the real datasets do:
 
 * :func:`render_frame` renders one frame in memory (:class:`SyntheticFrame`);
-* :func:`generate_vkitti2` writes the merged Virtual KITTI 2 layout;
+* :func:`generate_vkitti2` writes the merged Virtual KITTI 2 layout (textgt and optical flow included;
+  :func:`frame_flow` is the flow of one G-buffer);
 * :func:`generate_cityscapes` writes leftImg8bit / gtFine / disparity / camera and runs cityscapesscripts'
   own panoptic conversion;
 * :func:`generate_kitti` writes the KITTI depth benchmark (+ raw images), semantics and an Eigen split file.
@@ -19,8 +20,8 @@ integer coordinates (KITTI's cx = 620.5 for 1242 columns).
 Modules, in pipeline order: :mod:`.constants` (dataset constants, class tables), :mod:`.primitives`,
 :mod:`.layout` and :mod:`.vehicles` (the scene), :mod:`.camera` (intrinsics, poses, rays), :mod:`.raycast`
 (G-buffer), :mod:`.noise`, :mod:`.ground`, :mod:`.materials` and :mod:`.shading` (colour), :mod:`.frame`
-(in-memory frames), :mod:`.encoding`, :mod:`.vkitti2_writer`, :mod:`.cityscapes_writer` and :mod:`.kitti_writer`
-(files).
+(in-memory frames), :mod:`.flow` (exact optical flow), :mod:`.encoding`, :mod:`.vkitti2_writer`,
+:mod:`.cityscapes_writer` and :mod:`.kitti_writer` (files).
 Everything is deterministic for a seed: the output is pinned byte for byte by tests/data/test_synthetic.py.
 """
 
@@ -35,6 +36,7 @@ from .constants import (
     VKITTI2_VARIATIONS,
 )
 from .encoding import cityscapes_disparity_png, vkitti2_depth_png
+from .flow import frame_flow
 from .frame import SyntheticFrame, SyntheticTrack, render_frame
 from .kitti_writer import generate_kitti, kitti_depth_png, kitti_intrinsics
 from .layout import SceneLayout, build_scene
@@ -56,6 +58,7 @@ __all__ = [
     "cityscapes_intrinsics",
     "camera_pose",
     "render_frame",
+    "frame_flow",
     "vkitti2_depth_png",
     "cityscapes_disparity_png",
     "generate_vkitti2",
