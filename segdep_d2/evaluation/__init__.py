@@ -23,6 +23,16 @@ from .open_vocab_evaluator import (
     sem_seg_confusion,
     with_vocabularies,
 )
+from .referring_evaluator import (
+    PRECISION_THRESHOLDS,
+    ReferringEvaluator,
+    mask_intersection_union,
+    mask_iou,
+    queries_as_text,
+    referring_metrics,
+    with_query_texts,
+)
+from .temporal_stability import TemporalStabilityEvaluator, temporal_flicker, vkitti2_forward_flow_path
 
 __all__ = [
     "DEPTH_METRIC_NAMES",
@@ -49,4 +59,14 @@ __all__ = [
     "with_vocabularies",
     "VocabularyDataLoader",
     "OpenVocabEvaluator",
+    "PRECISION_THRESHOLDS",
+    "mask_intersection_union",
+    "mask_iou",
+    "referring_metrics",
+    "queries_as_text",
+    "with_query_texts",
+    "ReferringEvaluator",
+    "temporal_flicker",
+    "vkitti2_forward_flow_path",
+    "TemporalStabilityEvaluator",
 ]
