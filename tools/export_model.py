@@ -19,11 +19,24 @@ normalisation and the network; input (1, 3, H, W) float pixels in ``cfg.INPUT.FO
 * HydraNet: semantic logits and depth (metres) at full resolution, the input padded inside the
   graph to a multiple of 32 (any HxW goes in; ``model.postprocess(sem, depth, inputs, [(H, W)])``
   crops the padding). Its ONNX export has dynamic batch, height and width (opset 17).
+  ``--outputs labels`` exports the real-time deployment instead: ``sem_seg_labels`` (N, H, W)
+  int64, the argmax of the full-resolution logits computed in the graph, and ``depth``; no
+  C x H x W logit maps leave the graph (``model.postprocess`` then gives ``sem_seg_labels`` in
+  place of ``sem_seg``). The default stays ``--outputs logits``: the same outputs as
+  ``model(inputs)``, which evaluators and the demo read.
 
-For ONNX the check runs onnxruntime against PyTorch eager at the export size and, when the height
-and width are dynamic, at a second size (``--check-size``; default about 3/4 of the export size,
-not a multiple of 32): ``max_abs_diff_depth`` (target <= 1e-3 m) and ``argmax_agreement`` (target
->= 0.999) are printed and written; a miss exits with status 1 (the files are still written).
+HydraNet's ONNX file gets exact graph rewrites for onnxruntime's CPU kernels
+(``segdep_d2.modeling.export.rewrite_onnx_for_cpu``: the decoder stays in onnxruntime's blocked
+layout, the 1-channel depth predictor is not padded to 8 outputs, the labels' upsampling and
+argmax run channels-last); ``export.json`` lists them under ``onnx.graph_rewrites``, and
+``--no-graph-rewrites`` writes the plain torch.onnx graph.
+
+For ONNX the check runs onnxruntime (the file as written) against PyTorch eager at the export
+size and, when the height and width are dynamic, at a second size (``--check-size``; default about
+3/4 of the export size, not a multiple of 32): ``max_abs_diff_depth`` (target <= 1e-3 m) and
+``argmax_agreement`` (target >= 0.999; for ``--outputs labels`` the file's labels compared exactly
+with the eager logits' argmax) are printed and written; a miss exits with status 1 (the files are
+still written).
 """
 import argparse
 import json
@@ -95,8 +108,10 @@ def _postprocess_info(model):
     }
 
 
-def export(cfg, height, width, output_dir, fmt="torch_export", check_size=None):
-    """Export the model of ``cfg`` at ``height`` x ``width``; write the model file and export.json."""
+def export(cfg, height, width, output_dir, fmt="torch_export", check_size=None, outputs="logits", rewrite=None):
+    """Export the model of ``cfg`` at ``height`` x ``width``; write the model file and export.json.
+    ``outputs``: ``"logits"`` or (HydraNet) ``"labels"``; ``rewrite``: ONNX graph rewrites (``None``:
+    the family's default, on for HydraNet)."""
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch not in NETWORKS:
         raise ValueError(f"export supports {sorted(NETWORKS)}, not {arch!r}")
@@ -105,7 +120,7 @@ def export(cfg, height, width, output_dir, fmt="torch_export", check_size=None):
     model = load_model(cfg)
     os.makedirs(output_dir, exist_ok=True)
     model_path = os.path.join(output_dir, FORMATS[fmt])
-    network = network_for(model)
+    network = network_for(model, outputs)
     info = {
         "format": fmt,
         "meta_architecture": arch,
@@ -114,6 +129,7 @@ def export(cfg, height, width, output_dir, fmt="torch_export", check_size=None):
         "input": {"shape": [1, 3, height, width], "dtype": "float32", "pixel_format": cfg.INPUT.FORMAT,
                   "range": [0, 255]},
         "outputs": list(network.output_names),
+        "output_kind": outputs,
         "output_resolution": (
             "input size padded up to a multiple of the size divisibility (full resolution); "
             "model.postprocess crops the padding" if network.pads_input else "input size (a multiple of the size divisibility)"
@@ -125,20 +141,22 @@ def export(cfg, height, width, output_dir, fmt="torch_export", check_size=None):
         import onnxruntime
 
         dynamic = onnx_dynamic(model)
-        export_onnx(model, cfg, height, width, model_path, dynamic=dynamic)
+        export_onnx(model, cfg, height, width, model_path, dynamic=dynamic, outputs=outputs, rewrite=rewrite)
+        props = {p.key: p.value for p in onnx.load(model_path, load_external_data=False).metadata_props}
         sizes = [(height, width)]
         if dynamic:
             divisibility = None if network.pads_input else model._size_divisibility()
             sizes.append(tuple(check_size) if check_size else default_check_size(height, width, divisibility))
         onnx_model = load_onnx_model(model_path, cfg, model=model)
-        parity = onnx_parity(network, onnx_model, sizes)
+        parity = onnx_parity(network_for(model), onnx_model, sizes)  # against the eager logits
         max_diff = max(p["max_abs_diff_depth"] for p in parity.values())
         agreement = min(p["argmax_agreement"] for p in parity.values())
         info.update({
             "onnx": {"opset": ONNX_OPSET, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                      "dynamic_axes": ({"batch": 0, "height": 2, "width": 3} if dynamic else None),
-                     "input_name": "images"},
-            "config_fingerprint": config_fingerprint(cfg),
+                     "input_name": "images",
+                     "graph_rewrites": json.loads(props.get("segdep_d2.graph_rewrites", "{}"))},
+            "config_fingerprint": config_fingerprint(cfg, outputs),
             "parity": parity,
             "max_abs_diff_depth": max_diff,
             "argmax_agreement": agreement,
@@ -146,7 +164,7 @@ def export(cfg, height, width, output_dir, fmt="torch_export", check_size=None):
             "parity_ok": bool(max_diff <= MAX_ABS_DIFF_DEPTH and agreement >= MIN_ARGMAX_AGREEMENT),
         })
     else:
-        exported, max_abs_diff = export_network(model, height, width, fmt)
+        exported, max_abs_diff = export_network(model, height, width, fmt, outputs)
         save_exported(exported, model_path)
         info["max_abs_diff_exported_vs_eager"] = max_abs_diff
     with open(os.path.join(output_dir, "export.json"), "w") as f:
@@ -179,6 +197,11 @@ def get_parser():
                         help="torch.export (default), TorchScript or ONNX")
     parser.add_argument("--check-size", type=_size, default=None, metavar="HxW",
                         help="ONNX with dynamic H/W: the second size checked (default ~3/4 of the export size)")
+    parser.add_argument("--outputs", default="logits", choices=("logits", "labels"),
+                        help="logits (default: what model(inputs) gives) or, HydraNet, labels: the per-pixel "
+                             "argmax in the graph + depth (the real-time deployment)")
+    parser.add_argument("--no-graph-rewrites", action="store_true",
+                        help="ONNX: write the plain torch.onnx graph, without the exact rewrites for onnxruntime's CPU kernels")
     parser.add_argument("--output", required=True, help="folder for the model file and export.json")
     parser.add_argument("opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
@@ -188,7 +211,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="segdep_d2")
     _, info = export(setup_cfg(args.config_file, args.opts), args.height, args.width, args.output, args.format,
-                     args.check_size)
+                     args.check_size, args.outputs, False if args.no_graph_rewrites else None)
     if info.get("parity_ok") is False:
         sys.exit(1)
     return info

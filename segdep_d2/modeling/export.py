@@ -13,7 +13,13 @@ the exported network, then ``model.postprocess(...)`` (or your own port of it) o
 * **HydraNet** (:class:`HydraNetNetwork`): outputs ``sem_seg_logits`` and ``depth`` (metres) at the
   input size padded up to a multiple of 32 (the padding happens inside the graph, so any H x W
   goes in; ``model.postprocess(sem, depth, inputs, [(H, W)])`` crops it away). The ONNX export
-  has dynamic batch, height and width.
+  has dynamic batch, height and width. ``outputs="labels"`` exports the real-time deployment
+  instead: ``sem_seg_labels`` (N, Hp, Wp) int64, the per-pixel argmax of the full-resolution
+  logits, computed in the graph, and ``depth`` (no 40 x H x W logit maps leave the graph).
+
+The ONNX file gets exact reformulations that onnxruntime's CPU kernels run faster
+(:func:`rewrite_onnx_for_cpu`: HydraNet by default); the arithmetic is the same up to float
+summation order, and the export's parity check measures the file that is written.
 
 An ONNX file carries the config it was exported from (:func:`config_fingerprint`) in its
 ``metadata_props``; :func:`load_onnx_model` refuses a file whose fingerprint differs from the
@@ -36,6 +42,7 @@ __all__ = [
     "save_exported",
     "export_onnx",
     "onnx_parity",
+    "rewrite_onnx_for_cpu",
     "config_fingerprint",
     "read_onnx_fingerprint",
     "load_onnx_model",
@@ -45,6 +52,11 @@ __all__ = [
 
 OUTPUT_NAMES = ("sem_seg_logits", "center_heatmap", "offsets", "depth")  # PanopticDepthLab's
 HYDRANET_OUTPUT_NAMES = ("sem_seg_logits", "depth")
+HYDRANET_LABEL_OUTPUT_NAMES = ("sem_seg_labels", "depth")  # outputs="labels": the real-time deployment
+# What an exported network can output: "logits" (every family: what model(inputs) computes) or
+# "labels" (HydraNet: the argmax in the graph instead of the C full-resolution logit maps).
+OUTPUT_KINDS = {"PanopticDepthLab": {"logits": OUTPUT_NAMES},
+                "HydraNet": {"logits": HYDRANET_OUTPUT_NAMES, "labels": HYDRANET_LABEL_OUTPUT_NAMES}}
 INPUT_NAME = "images"
 ONNX_OPSET = 17
 FINGERPRINT_KEY = "segdep_d2.config"  # the ONNX metadata_props key holding config_fingerprint(cfg)
@@ -85,14 +97,21 @@ class HydraNetNetwork(nn.Module):
     input size ``Hp = ceil(H / 32) * 32`` (likewise Wp): full resolution, the bottom / right padding
     still on. ``model.postprocess(sem, depth, inputs, [(H, W)])`` crops it and resizes to the
     inputs' ``height`` / ``width``.
+
+    ``outputs="labels"``: ``(sem_seg_labels (N, Hp, Wp) int64, depth)`` instead, the labels being
+    ``sem_seg_logits.argmax(1)`` (what a real-time consumer uses; ``model.postprocess`` takes them
+    too and returns ``sem_seg_labels``).
     """
 
-    output_names = HYDRANET_OUTPUT_NAMES
+    output_names = HYDRANET_OUTPUT_NAMES  # the default; an instance's follows its ``outputs``
     pads_input = True
 
-    def __init__(self, model):
+    def __init__(self, model, outputs="logits"):
         super().__init__()
+        _check_outputs("HydraNet", outputs)
         self.model = model
+        self.outputs = outputs
+        self.output_names = OUTPUT_KINDS["HydraNet"][outputs]
 
     def forward(self, images):
         x = (images - self.model.pixel_mean) / self.model.pixel_std
@@ -100,17 +119,30 @@ class HydraNetNetwork(nn.Module):
         h, w = x.shape[-2:]
         # Traced shape arithmetic: stays dynamic in the ONNX graph (Shape -> Mod -> Pad).
         x = F.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d))
-        return self.model.network_outputs(x)
+        sem, depth = self.model.network_outputs(x)
+        if self.outputs == "labels":
+            sem = sem.argmax(1)
+        return sem, depth
 
 
 NETWORKS = {"PanopticDepthLab": PanopticDepthLabNetwork, "HydraNet": HydraNetNetwork}
 
 
-def network_for(model) -> nn.Module:
-    """The exportable network (eval mode) of a model of any family in :data:`NETWORKS`."""
+def _check_outputs(arch, outputs):
+    kinds = OUTPUT_KINDS.get(arch, {"logits": ()})
+    if outputs not in kinds:
+        raise ValueError(f"{arch} exports outputs {sorted(kinds)}, not {outputs!r}")
+
+
+def network_for(model, outputs="logits") -> nn.Module:
+    """The exportable network (eval mode) of a model of any family in :data:`NETWORKS`;
+    ``outputs`` is ``"logits"`` (every family) or ``"labels"`` (HydraNet, see :class:`HydraNetNetwork`)."""
     name = type(model).__name__
     if name not in NETWORKS:
         raise ValueError(f"No exportable network for {name!r}; export supports {sorted(NETWORKS)}")
+    _check_outputs(name, outputs)
+    if outputs != "logits":
+        return NETWORKS[name](model, outputs=outputs).eval()
     return NETWORKS[name](model).eval()
 
 
@@ -131,18 +163,19 @@ def _example(model, height, width, seed=0):
     return (torch.rand(1, 3, height, width, generator=g) * 255).to(model.device)
 
 
-def export_network(model, height, width, fmt="torch_export"):
+def export_network(model, height, width, fmt="torch_export", outputs="logits"):
     """Export ``model``'s network at one input size with torch.export or TorchScript.
 
     ``fmt`` is ``"torch_export"`` (``torch.export``, saved with ``torch.export.save``; torch's
     recommended route) or ``"torchscript"`` (``torch.jit.trace``, for runtimes that load
-    TorchScript); ONNX goes through :func:`export_onnx`. Returns ``(exported, max_abs_diff)``: the
-    exported program or module and, per output, the largest difference between it and the eager
-    network on a random image of that size (shapes inside the graph are those of this size).
+    TorchScript); ONNX goes through :func:`export_onnx`. ``outputs``: see :func:`network_for`.
+    Returns ``(exported, max_abs_diff)``: the exported program or module and, per output, the
+    largest difference between it and the eager network on a random image of that size (shapes
+    inside the graph are those of this size).
     """
     if fmt not in ("torch_export", "torchscript"):
         raise ValueError(f"Unknown export format {fmt!r}; expected 'torch_export' or 'torchscript' (ONNX: export_onnx)")
-    network = network_for(model)
+    network = network_for(model, outputs)
     _check_size(model, network, height, width)
     example = _example(model, height, width)
     with torch.no_grad():
@@ -153,9 +186,10 @@ def export_network(model, height, width, fmt="torch_export"):
             exported = torch.export.export(network, (example,))
             run = exported.module()
         reference = network(example)
-        outputs = run(example)
+        exported_outputs = run(example)
     max_abs_diff = {
-        name: float((a - b).abs().max()) for name, a, b in zip(network.output_names, reference, outputs)
+        name: float((a.double() - b.double()).abs().max())
+        for name, a, b in zip(network.output_names, reference, exported_outputs)
     }
     return exported, max_abs_diff
 
@@ -175,13 +209,13 @@ def save_exported(exported, path):
 # ONNX
 
 
-def config_fingerprint(cfg) -> Dict:
+def config_fingerprint(cfg, outputs="logits") -> Dict:
     """What an exported file must agree on with the config it is used with (stored in the ONNX
-    file's metadata and in export.json): the family, its classes and outputs, the input format
-    and the depth range (plus, for information, normalisation and padding, which live in the
-    graph)."""
+    file's metadata and in export.json): the family, its classes and outputs (``outputs``: which
+    of the family's output sets the file has, see :func:`network_for`), the input format and the
+    depth range (plus, for information, normalisation and padding, which live in the graph)."""
     arch = cfg.MODEL.META_ARCHITECTURE
-    names = {"HydraNet": HYDRANET_OUTPUT_NAMES, "PanopticDepthLab": OUTPUT_NAMES}.get(arch, ())
+    names = OUTPUT_KINDS.get(arch, {}).get(outputs, ())
     return {
         "meta_architecture": arch,
         "num_classes": int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES),
@@ -195,22 +229,32 @@ def config_fingerprint(cfg) -> Dict:
     }
 
 
-def export_onnx(model, cfg, height, width, path, dynamic=True, opset=ONNX_OPSET):
+def export_onnx(model, cfg, height, width, path, dynamic=True, opset=ONNX_OPSET, outputs="logits", rewrite=None):
     """Write ``model``'s network to ``path`` as ONNX (opset ``opset``), exported at ``height`` x
     ``width``. ``dynamic``: batch, height and width are dynamic axes of the input and of every
-    output. The config's fingerprint goes into the file's ``metadata_props`` (key
-    :data:`FINGERPRINT_KEY`, JSON). Returns the network that was exported (eager, eval mode).
+    output. ``outputs``: ``"logits"`` (default, every family: what ``model(inputs)`` computes) or
+    ``"labels"`` (HydraNet: ``sem_seg_labels`` + ``depth``, see :class:`HydraNetNetwork`).
+    ``rewrite``: apply :func:`rewrite_onnx_for_cpu` (exact reformulations for onnxruntime's CPU
+    kernels); ``None`` = on for HydraNet, off for PanopticDepthLab. The config's fingerprint goes
+    into the file's ``metadata_props`` (key :data:`FINGERPRINT_KEY`, JSON), with the rewrites
+    applied (``segdep_d2.graph_rewrites``). Returns the network that was exported (eager, eval mode).
 
     The TorchScript-based exporter (``dynamo=False``) is used: it needs nothing beyond torch and
     ``onnx``, and traces the padding arithmetic into dynamic Shape ops.
     """
     import onnx
 
-    network = network_for(model)
+    network = network_for(model, outputs)
     _check_size(model, network, height, width)
     names = list(network.output_names)
+    if rewrite is None:
+        rewrite = type(model).__name__ == "HydraNet"
     axes = {0: "batch", 2: "height", 3: "width"}
-    dynamic_axes = {name: dict(axes) for name in [INPUT_NAME, *names]} if dynamic else None
+    dynamic_axes = None
+    if dynamic:
+        dynamic_axes = {name: dict(axes) for name in [INPUT_NAME, *names]}
+        if "sem_seg_labels" in names:  # (N, H, W)
+            dynamic_axes["sem_seg_labels"] = {0: "batch", 1: "height", 2: "width"}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
@@ -218,13 +262,183 @@ def export_onnx(model, cfg, height, width, path, dynamic=True, opset=ONNX_OPSET)
             input_names=[INPUT_NAME], output_names=names, dynamic_axes=dynamic_axes, do_constant_folding=True,
         )
     proto = onnx.load(path)
+    applied = rewrite_onnx_for_cpu(proto) if rewrite else {}
     entry = proto.metadata_props.add()
-    entry.key, entry.value = FINGERPRINT_KEY, json.dumps(config_fingerprint(cfg), sort_keys=True)
-    for key, value in (("segdep_d2.dynamic_hw", str(bool(dynamic))), ("segdep_d2.export_size", f"{height}x{width}")):
+    entry.key, entry.value = FINGERPRINT_KEY, json.dumps(config_fingerprint(cfg, outputs), sort_keys=True)
+    metadata = (("segdep_d2.dynamic_hw", str(bool(dynamic))), ("segdep_d2.export_size", f"{height}x{width}"),
+                ("segdep_d2.outputs", outputs), ("segdep_d2.graph_rewrites", json.dumps(applied, sort_keys=True)))
+    for key, value in metadata:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
     onnx.save(proto, path)
     return network
+
+
+# ---- exact graph rewrites for onnxruntime's CPU execution provider -------------------------------
+# onnxruntime (1.32, CPUExecutionProvider, ORT_ENABLE_ALL) runs convolutions and max-pools in its
+# blocked NCHWc layout (8 or 16 channels per block). Profiled on HydraNet at 480x640 it loses time
+# where a graph leaves that layout or pads a tiny output to a block; these rewrites keep the
+# arithmetic and change only how it is laid out:
+#
+# * ``relu6_nchwc``: a ReLU6 (``Clip``) that does not follow a convolution (the decoder's
+#   ``relu6(sum)``) has no NCHWc kernel, so every Add and conv around it was reordered NCHWc <-> NCHW
+#   (about 12 % of the graph's time in reorders, standalone Clips and NCHW Adds). An identity
+#   depthwise 1x1 convolution before it (weights 1, no bias: exact) lets onnxruntime fuse
+#   Conv + Clip and keep the decoder in NCHWc.
+# * ``conv_taps``: a KxK convolution to fewer than 8 channels (HydraNet's 3x3 depth predictor,
+#   256 -> 1) is computed by the NCHWc kernel for a whole block of outputs (8x the work). It becomes
+#   a 1x1 convolution to the K*K*O taps (padded to 16 channels with zero weights) and a fixed
+#   one-hot KxK convolution that sums the shifted taps (same products, other summation order).
+# * ``nhwc_argmax``: ``ArgMax`` over the channels of a bilinear ``Resize`` (the labels output)
+#   reads C strided planes per pixel and onnxruntime's NCHW bilinear Resize does not vectorise
+#   over channels; the same Resize on the transposed low-resolution maps (NHWC) and ``ArgMax``
+#   over the last axis compute the same labels about 3x faster.
+NCHWC_CHANNEL_MULTIPLE = 16  # channel counts that fit onnxruntime's NCHWc blocks (8 on AVX2, 16 on AVX-512)
+CONV_TAPS = 16  # channels of the taps tensor in ``conv_taps`` (K*K*O rounded up to a block)
+
+
+def _attribute(node, name, default=None):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def rewrite_onnx_for_cpu(proto) -> Dict[str, int]:
+    """Apply the exact rewrites above to an ONNX ``ModelProto`` in place; returns how many times
+    each was applied (``{"relu6_nchwc": 4, ...}``, absent when never)."""
+    import numpy as np
+    from onnx import helper, numpy_helper, shape_inference
+
+    graph = proto.graph
+    initializers = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: Dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in graph.output}
+    inferred = shape_inference.infer_shapes(proto)
+    shapes = {}
+    for v in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        dims = v.type.tensor_type.shape.dim
+        shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+
+    def channels(name, depth=0):
+        shape = shapes.get(name)
+        if shape and len(shape) == 4 and shape[1]:
+            return shape[1]
+        node = producer.get(name)  # e.g. Add(conv output, dynamically resized map): ask its inputs
+        if node is not None and node.op_type in ("Add", "Sub", "Mul", "Sum") and depth < 4:
+            found = [c for c in (channels(i, depth + 1) for i in node.input) if c]
+            return max(found) if found else None
+        return None
+
+    counter = [0]
+
+    def fresh(base):
+        counter[0] += 1
+        return f"{base}/segdep_{counter[0]}"
+
+    def add_initializer(base, array):
+        name = fresh(base)
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    applied: Dict[str, int] = {}
+    replaced = set()  # weights of rewritten convolutions, dropped below unless still used
+    new_nodes = []
+    for node in graph.node:
+        if node.op_type == "Clip":
+            source = producer.get(node.input[0])
+            c = channels(node.input[0])
+            if source is not None and source.op_type != "Conv" and c and c % NCHWC_CHANNEL_MULTIPLE == 0:
+                weight = add_initializer(node.input[0] + "/identity_weight", np.ones((c, 1, 1, 1), np.float32))
+                out = fresh(node.input[0] + "/identity")
+                new_nodes.append(helper.make_node("Conv", [node.input[0], weight], [out],
+                                                  name=fresh(node.name + "/identity"), group=c, kernel_shape=[1, 1]))
+                node.input[0] = out
+                applied["relu6_nchwc"] = applied.get("relu6_nchwc", 0) + 1
+        elif node.op_type == "Conv" and node.input[1] in initializers:
+            w = numpy_helper.to_array(initializers[node.input[1]])
+            k = list(w.shape[2:])
+            if (w.ndim == 4 and _attribute(node, "group", 1) == 1 and w.shape[0] < 8 and k != [1, 1]
+                    and w.shape[0] * k[0] * k[1] <= CONV_TAPS and w.shape[1] % NCHWC_CHANNEL_MULTIPLE == 0
+                    and all(v == 1 for v in _attribute(node, "strides", [1, 1]))
+                    and all(v == 1 for v in _attribute(node, "dilations", [1, 1]))
+                    and _attribute(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")):
+                o, cin = w.shape[:2]
+                taps = np.zeros((CONV_TAPS, cin, 1, 1), np.float32)
+                shift = np.zeros((o, CONV_TAPS, k[0], k[1]), np.float32)
+                for oc in range(o):
+                    for y in range(k[0]):
+                        for x in range(k[1]):
+                            t = (oc * k[0] + y) * k[1] + x
+                            taps[t, :, 0, 0] = w[oc, :, y, x]
+                            shift[oc, t, y, x] = 1.0
+                taps_name = add_initializer(node.input[1] + "/taps", taps)
+                shift_name = add_initializer(node.input[1] + "/shift", shift)
+                mid = fresh(node.output[0] + "/taps")
+                new_nodes.append(helper.make_node("Conv", [node.input[0], taps_name], [mid],
+                                                  name=fresh(node.name + "/taps"), kernel_shape=[1, 1]))
+                replaced.add(node.input[1])
+                node.input[0], node.input[1] = mid, shift_name
+                applied["conv_taps"] = applied.get("conv_taps", 0) + 1
+        elif node.op_type == "ArgMax" and _attribute(node, "axis", 0) == 1 and _attribute(node, "keepdims", 1) == 0 \
+                and _attribute(node, "select_last_index", 0) == 0:
+            resize = producer.get(node.input[0])
+            if (resize is not None and resize.op_type == "Resize" and len(consumers.get(resize.output[0], [])) == 1
+                    and resize.output[0] not in graph_outputs and len(shapes.get(resize.input[0]) or []) == 4
+                    and _attribute(resize, "coordinate_transformation_mode", b"half_pixel") != b"tf_crop_and_resize"):
+                inputs = list(resize.input) + [""] * (4 - len(resize.input))
+                target = 3 if inputs[3] else 2  # sizes, else scales: in NCHW order, permuted to NHWC
+                if inputs[target]:
+                    perm = add_initializer("nhwc_permutation", np.array([0, 2, 3, 1], np.int64))
+                    nhwc = fresh(resize.input[0] + "/nhwc")
+                    new_nodes.append(helper.make_node("Transpose", [resize.input[0]], [nhwc],
+                                                      name=fresh(resize.name + "/nhwc"), perm=[0, 2, 3, 1]))
+                    permuted = fresh(inputs[target] + "/nhwc")
+                    new_nodes.append(helper.make_node("Gather", [inputs[target], perm], [permuted], axis=0,
+                                                      name=fresh(resize.name + "/nhwc_size")))
+                    inputs[0], inputs[target] = nhwc, permuted
+                    del resize.input[:]
+                    resize.input.extend(inputs[: target + 1])
+                    for a in node.attribute:
+                        if a.name == "axis":
+                            a.i = 3
+                    applied["nhwc_argmax"] = applied.get("nhwc_argmax", 0) + 1
+        new_nodes.append(node)
+    used = {i for n in new_nodes for i in n.input} | graph_outputs
+    for name in replaced - used:
+        graph.initializer.remove(next(t for t in graph.initializer if t.name == name))
+    # The Transpose / Gather feeding a Resize moved to NHWC are emitted when its ArgMax is reached,
+    # after that Resize: restore a topological order.
+    del graph.node[:]
+    graph.node.extend(_topological(new_nodes, graph))
+    return applied
+
+
+def _topological(nodes, graph):
+    """``nodes`` in an order where every node follows the producers of its inputs (a node whose
+    inputs are not ready yet moves behind the others)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(nodes)
+    ordered = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in available for i in n.input):
+                ordered.append(n)
+                available.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ValueError(f"ONNX graph rewrite left a cycle or a dangling input at {rest[0].name}")
+        pending = rest
+    return ordered
 
 
 def _session(path, threads=None, spinning=True):
@@ -245,7 +459,9 @@ def _session(path, threads=None, spinning=True):
 def onnx_parity(network, onnx_network, sizes, seed=0) -> Dict[str, Dict[str, float]]:
     """onnxruntime against the eager network on a random image per size ``(H, W)``:
     ``max_abs_diff_depth`` (metres) and ``argmax_agreement`` (fraction of pixels whose semantic
-    argmax is identical), plus ``max_abs_diff_sem_seg_logits``. Keyed ``"HxW"``."""
+    label is identical: the argmax of both logits, or the file's ``sem_seg_labels`` against the
+    eager logits' argmax), plus ``max_abs_diff_sem_seg_logits`` when both have logits and the
+    shape of the file's semantic output. Keyed ``"HxW"``."""
     model = network.model
     results = {}
     for i, (height, width) in enumerate(sizes):
@@ -253,13 +469,18 @@ def onnx_parity(network, onnx_network, sizes, seed=0) -> Dict[str, Dict[str, flo
         with torch.no_grad():
             reference = dict(zip(network.output_names, network(example)))
         exported = dict(zip(onnx_network.output_names, onnx_network.network(example)))
-        agreement = (reference["sem_seg_logits"].argmax(1) == exported["sem_seg_logits"].argmax(1)).float().mean()
-        results[f"{height}x{width}"] = {
+        labels = {name: out["sem_seg_labels"] if "sem_seg_labels" in out else out["sem_seg_logits"].argmax(1)
+                  for name, out in (("reference", reference), ("exported", exported))}
+        semantic = exported["sem_seg_labels"] if "sem_seg_labels" in exported else exported["sem_seg_logits"]
+        entry = {
             "max_abs_diff_depth": float((reference["depth"] - exported["depth"]).abs().max()),
-            "argmax_agreement": float(agreement),
-            "max_abs_diff_sem_seg_logits": float((reference["sem_seg_logits"] - exported["sem_seg_logits"]).abs().max()),
-            "output_shape": list(exported["sem_seg_logits"].shape),
+            "argmax_agreement": float((labels["reference"] == labels["exported"]).float().mean()),
         }
+        if "sem_seg_logits" in reference and "sem_seg_logits" in exported:
+            difference = reference["sem_seg_logits"] - exported["sem_seg_logits"]
+            entry["max_abs_diff_sem_seg_logits"] = float(difference.abs().max())
+        entry["output_shape"] = list(semantic.shape)
+        results[f"{height}x{width}"] = entry
     return results
 
 
@@ -279,7 +500,10 @@ def check_fingerprint(path, stored: Dict, cfg) -> None:
             f"{path} has no segdep_d2 config metadata ({FINGERPRINT_KEY!r}): it was not written by "
             f"tools/export_model.py --format onnx. Re-export it from the config you evaluate with."
         )
-    expected = config_fingerprint(cfg)
+    # The file may carry any of the family's output sets ("logits" / "labels"): compare with that one.
+    kinds = OUTPUT_KINDS.get(cfg.MODEL.META_ARCHITECTURE, {})
+    outputs = next((k for k, names in kinds.items() if list(names) == list(stored.get("output_names", []))), "logits")
+    expected = config_fingerprint(cfg, outputs)
     differences = [
         f"{key}: file {stored.get(key)!r}, config {expected[key]!r}"
         for key in CHECKED_FINGERPRINT_KEYS
@@ -298,7 +522,9 @@ class OnnxInference:
 
     ``network(images)`` maps (N, 3, H, W) float pixels to the output tensors (torch, CPU) in
     ``output_names`` order; calling the object on detectron2 inputs (list of dicts with ``image``)
-    gives what ``model(inputs)`` gives, through ``model.postprocess``.
+    gives what ``model(inputs)`` gives, through ``model.postprocess`` (for a ``"labels"`` file:
+    ``sem_seg_labels`` (H, W) instead of the ``sem_seg`` logits). ``outputs`` says which:
+    ``"logits"`` or ``"labels"``.
     """
 
     def __init__(self, path, session, model, fingerprint):
@@ -307,6 +533,7 @@ class OnnxInference:
         self.model = model
         self.fingerprint = fingerprint
         self.output_names = tuple(o.name for o in session.get_outputs())
+        self.outputs = "labels" if "sem_seg_labels" in self.output_names else "logits"
         self.pads_input = fingerprint["meta_architecture"] == "HydraNet"
         # (H, W) of a static-size export (PanopticDepthLab with fixed ASPP pooling), else None.
         hw = session.get_inputs()[0].shape[2:]
@@ -330,7 +557,9 @@ def load_onnx_model(path, cfg, model=None, threads=None, spinning=True) -> OnnxI
 
     Refuses (``ValueError`` naming the difference) a file without segdep_d2's metadata, a file
     exported from another config (family, number of classes, output names, input format, depth
-    range) and a graph whose outputs are not the family's. ``model`` (built from ``cfg`` when not
+    range) and a graph whose outputs are not the family's (either of HydraNet's output sets,
+    ``sem_seg_logits`` / ``sem_seg_labels`` + ``depth``, is accepted; the object's ``outputs``
+    says which the file has). ``model`` (built from ``cfg`` when not
     given; its weights are not used) supplies the post-processing. ``threads``: onnxruntime's
     intra-op threads (its default when None); ``spinning=False`` stops its idle workers from
     busy-waiting between runs (better when PyTorch shares the process).
@@ -344,7 +573,7 @@ def load_onnx_model(path, cfg, model=None, threads=None, spinning=True) -> OnnxI
     names = [o.name for o in outputs]
     if names != list(stored["output_names"]):
         raise ValueError(f"{path}: graph outputs {names}, but its metadata and the config expect {stored['output_names']}")
-    channels = outputs[names.index("sem_seg_logits")].shape[1]
+    channels = outputs[names.index("sem_seg_logits")].shape[1] if "sem_seg_logits" in names else None
     if isinstance(channels, int) and channels != stored["num_classes"]:
         raise ValueError(
             f"{path}: the graph's sem_seg_logits has {channels} channels but the config has "

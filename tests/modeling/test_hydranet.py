@@ -252,3 +252,36 @@ def test_add_segdep_config_keeps_hydranet_values():
     cfg.MODEL.HYDRANET.DEPTH_LOSS_WEIGHT = 0.25
     add_segdep_config(cfg)
     assert cfg.MODEL.HYDRANET.DEPTH_LOSS_WEIGHT == 0.25
+
+
+def test_postprocess_takes_labels_from_a_labels_export():
+    """An exported network with outputs="labels" ends in the argmax; model.postprocess crops those
+    labels (and resizes them with nearest neighbours) into ``sem_seg_labels``, depth as before."""
+    from segdep_d2.modeling.export import HydraNetNetwork, network_for
+
+    model = _model().eval()
+    logits_net, labels_net = network_for(model), network_for(model, "labels")
+    assert isinstance(labels_net, HydraNetNetwork) and labels_net.output_names == ("sem_seg_labels", "depth")
+    inputs = [{"image": _image(50, 70), "height": 50, "width": 70},
+              {"image": _image(45, 83, seed=1), "height": 90, "width": 166}]
+    with torch.no_grad():
+        eager = model(inputs)
+        for x, out in zip(inputs, eager):
+            image = x["image"].float()[None]
+            size = [tuple(image.shape[-2:])]
+            labels, depth = labels_net(image)
+            sem, depth_logits_net = logits_net(image)
+            assert labels.dtype == torch.int64 and labels.shape == (1, 64, 96)
+            assert torch.equal(labels, sem.argmax(1)) and torch.equal(depth, depth_logits_net)
+            result = model.postprocess(labels, depth, [x], size)[0]
+            assert set(result) == {"sem_seg_labels", "depth"}
+            assert result["sem_seg_labels"].shape == (x["height"], x["width"])
+            assert result["sem_seg_labels"].dtype == torch.int64
+            torch.testing.assert_close(result["depth"], out["depth"])
+            if (x["height"], x["width"]) == size[0]:
+                assert torch.equal(result["sem_seg_labels"], out["sem_seg"].argmax(0))
+            else:  # nearest neighbour: every output label is one of the cropped labels, 2x2 blocks here
+                cropped = labels[0, :45, :83]
+                assert torch.equal(result["sem_seg_labels"][::2, ::2], cropped)
+    # the logits path is unchanged: sem_seg logits (C, H, W)
+    assert set(eager[0]) == {"sem_seg", "depth"} and eager[0]["sem_seg"].shape == (14, 50, 70)

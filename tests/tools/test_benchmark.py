@@ -195,7 +195,8 @@ def test_hydranet_benchmark_writes_every_key(benchmark_tool, tmp_path, monkeypat
     params = sum(p.numel() for p in build_model(cfg).parameters())
     for size, sized in report["sizes"].items():
         lat = sized["latency_ms"]
-        assert set(lat) == {"eager", "eager_nchw", "eager_channels_last", "onnxruntime"}  # no compile
+        assert set(lat) == {"eager", "eager_nchw", "eager_channels_last", "onnxruntime", "onnxruntime_labels",
+                            "onnxruntime_plain"}  # no compile
         assert all(len(v) == 2 and min(v) > 0 for v in lat.values())
         chosen = sized["chosen"]["eager"]
         assert lat["eager"] == lat[chosen]
@@ -206,11 +207,19 @@ def test_hydranet_benchmark_writes_every_key(benchmark_tool, tmp_path, monkeypat
         assert sized["onnxruntime_vs_eager"] == pytest.approx(ratio)
         assert sized["ratio_spread"]["onnxruntime_vs_eager"]["paired"] == pytest.approx(
             [a / b for a, b in zip(lat["eager"], lat["onnxruntime"])])
+        for key, (num, den) in {"onnxruntime_labels_vs_eager": ("eager", "onnxruntime_labels"),
+                                "labels_vs_logits_onnxruntime": ("onnxruntime", "onnxruntime_labels"),
+                                "graph_rewrites_speedup": ("onnxruntime_plain", "onnxruntime")}.items():
+            assert sized["ratios"][key] == pytest.approx(statistics.median(lat[num]) / statistics.median(lat[den]))
+        assert sized["onnxruntime_labels_vs_eager"] == sized["ratios"]["onnxruntime_labels_vs_eager"]
+        assert sized["onnxruntime_settings"]["outputs"] == {"onnxruntime": "logits", "onnxruntime_labels": "labels",
+                                                            "onnxruntime_plain": "logits"}
+        assert sized["onnxruntime_settings"]["graph_rewrites"]["onnxruntime_plain"] is False
         assert sized["params"] == params == 3_068_969
         assert sized["gflops"] > 0 and sized["gflops_paper_640x480"] == 6.5
         assert sized["compile"]["used"] is False and "no C++ compiler" in sized["compile"]["reason"]
         assert "compile" in sized["unavailable"] and "compile_vs_eager" not in sized["ratios"]
-        fastest = min(("eager", "onnxruntime"), key=lambda k: statistics.median(lat[k]))
+        fastest = min(("eager", "onnxruntime", "onnxruntime_labels"), key=lambda k: statistics.median(lat[k]))
         assert sized["fastest_runtime"] == fastest
         assert set(sized["peak_memory_mb"]) == {"eager_nchw", "eager_channels_last"}
         assert "targets" not in sized  # targets are for 480x640
@@ -246,3 +255,10 @@ def test_hydranet_targets_at_640x480(benchmark_tool):
     summary = benchmark_tool.hydranet_summary(report, None, 480, 640)
     assert not summary["targets"]["fastest_median_ms_met"] and summary["targets"]["onnxruntime_vs_eager_met"]
     assert summary["compile"]["used"] is False and "slower than eager" in summary["compile"]["reason"]
+    # the labels deployment counts for the fastest runtime (and the target); onnxruntime_vs_eager stays like for like
+    report["median_ms"]["onnxruntime_labels"] = 145.0
+    report["ratios"]["onnxruntime_labels_vs_eager"] = 300.0 / 145.0
+    summary = benchmark_tool.hydranet_summary(report, None, 480, 640)
+    assert summary["fastest_runtime"] == "onnxruntime_labels" and summary["targets"]["fastest_median_ms_met"]
+    assert summary["onnxruntime_vs_eager"] == pytest.approx(300.0 / 160.0)
+    assert summary["onnxruntime_labels_vs_eager"] == pytest.approx(300.0 / 145.0)

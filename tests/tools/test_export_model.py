@@ -229,3 +229,135 @@ def test_panoptic_depthlab_onnx_with_fixed_aspp_pooling_is_static(tool, tmp_path
     onnx_model = load_onnx_model(str(tmp_path / "model.onnx"), cfg)
     with pytest.raises(ValueError, match=r"static size 128x256; got images of 64x128"):
         onnx_model.network(torch.zeros(1, 3, 64, 128))
+
+
+# ---- the real-time deployment: labels in the graph, exact rewrites for onnxruntime's CPU kernels -----
+@pytest.fixture(scope="module")
+def hydranet_labels_onnx(tool, hydranet_weights, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hydranet_labels_onnx")
+    info = tool.main(["--config-file", HYDRANET_CONFIG, "--format", "onnx", "--outputs", "labels",
+                      "--height", str(HH), "--width", str(HW), "--check-size", f"{CHECK[0]}x{CHECK[1]}",
+                      "--output", str(out), "MODEL.WEIGHTS", hydranet_weights, "MODEL.DEVICE", "cpu"])
+    return out, info
+
+
+def test_hydranet_labels_onnx_matches_the_eager_argmax(tool, hydranet_labels_onnx, hydranet_weights, capsys):
+    """--outputs labels: the file outputs sem_seg_labels (the argmax, int64) + depth; its parity
+    compares the labels exactly with the eager logits' argmax; the loader and model.postprocess
+    know the file's outputs."""
+    import onnx
+
+    from segdep_d2.modeling.export import load_onnx_model, read_onnx_fingerprint
+
+    out, info = hydranet_labels_onnx
+    assert json.loads((out / "export.json").read_text()) == info
+    assert info["outputs"] == ["sem_seg_labels", "depth"] and info["output_kind"] == "labels"
+    assert info["config_fingerprint"]["output_names"] == ["sem_seg_labels", "depth"]
+    assert info["parity"]["45x77"]["output_shape"] == [1, 64, 96]  # padded size, no channel axis
+    assert "max_abs_diff_sem_seg_logits" not in info["parity"]["45x77"]
+    assert info["max_abs_diff_depth"] <= 1e-3 and info["argmax_agreement"] >= 0.999 and info["parity_ok"]
+    assert info["onnx"]["graph_rewrites"] == {"relu6_nchwc": 4, "conv_taps": 1, "nhwc_argmax": 1}
+
+    path = str(out / "model.onnx")
+    proto = onnx.load(path)
+    assert [d.dim_param for d in proto.graph.output[0].type.tensor_type.shape.dim] == ["batch", "height", "width"]
+    assert [n.op_type for n in proto.graph.node if n.op_type == "ArgMax"] == ["ArgMax"]
+    assert read_onnx_fingerprint(path)["output_names"] == ["sem_seg_labels", "depth"]
+
+    cfg, model = _hydranet(tool, hydranet_weights)
+    onnx_model = load_onnx_model(path, cfg)  # the same config accepts either output set
+    assert onnx_model.outputs == "labels" and onnx_model.output_names == ("sem_seg_labels", "depth")
+    g = torch.Generator().manual_seed(4)
+    for h, w in ((HH, HW), (70, 110)):
+        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+        inputs = [{"image": image, "height": h, "width": w}]
+        with torch.no_grad():
+            eager = model(inputs)[0]
+        labels, depth = onnx_model.network(image[None].float())
+        assert labels.dtype == torch.int64 and labels.shape == (1, -(-h // 32) * 32, -(-w // 32) * 32)
+        result = onnx_model(inputs)[0]
+        assert set(result) == {"sem_seg_labels", "depth"} and result["sem_seg_labels"].shape == (h, w)
+        assert float((result["sem_seg_labels"] == eager["sem_seg"].argmax(0)).float().mean()) >= 0.999
+        assert float((result["depth"] - eager["depth"]).abs().max()) <= 1e-3
+    # resized on output (height / width of the input dict): nearest neighbour on the labels
+    image = torch.randint(0, 256, (3, 50, 80), dtype=torch.uint8, generator=g)
+    resized = onnx_model([{"image": image, "height": 100, "width": 160}])[0]
+    assert resized["sem_seg_labels"].shape == (100, 160) and resized["sem_seg_labels"].dtype == torch.int64
+    assert resized["depth"].shape == (100, 160)
+
+    with pytest.raises(ValueError, match=r"num_classes: file 14, config 40"):
+        load_onnx_model(path, _hydranet(tool, hydranet_weights, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "40")[0])
+
+
+def test_graph_rewrites_change_layout_not_results(tool, hydranet_onnx, hydranet_weights, tmp_path):
+    """The default HydraNet ONNX file carries the exact rewrites; --no-graph-rewrites writes the
+    plain torch.onnx graph; both give the same outputs (float summation order aside)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    out, info = hydranet_onnx
+    assert info["onnx"]["graph_rewrites"] == {"relu6_nchwc": 4, "conv_taps": 1}  # logits: no ArgMax to move
+    plain = tool.main(["--config-file", HYDRANET_CONFIG, "--format", "onnx", "--no-graph-rewrites",
+                       "--height", str(HH), "--width", str(HW), "--check-size", f"{CHECK[0]}x{CHECK[1]}",
+                       "--output", str(tmp_path), "MODEL.WEIGHTS", hydranet_weights, "MODEL.DEVICE", "cpu"])
+    assert plain["onnx"]["graph_rewrites"] == {} and plain["parity_ok"]
+
+    def clips_after(path, op_types):
+        graph = onnx.load(path).graph
+        producer = {o: n.op_type for n in graph.node for o in n.output}
+        return sum(n.op_type == "Clip" and producer.get(n.input[0]) in op_types for n in graph.node)
+
+    assert clips_after(str(tmp_path / "model.onnx"), {"Add"}) == 4  # the decoder's relu6(sum)
+    assert clips_after(str(out / "model.onnx"), {"Add"}) == 0
+    x = (np.random.default_rng(0).random((1, 3, 45, 77)) * 255).astype(np.float32)
+    results = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]).run(None, {"images": x})
+               for p in (str(out / "model.onnx"), str(tmp_path / "model.onnx"))]
+    for rewritten, original in zip(*results):
+        np.testing.assert_allclose(rewritten, original, rtol=1e-4, atol=1e-5)
+
+
+def test_rewrite_onnx_for_cpu_on_a_small_graph(tmp_path):
+    """Each rewrite on a hand-made network: a ReLU6 after an Add, a 3x3 conv to one channel, an
+    argmax over a bilinear upsampling; onnxruntime gives the same outputs before and after."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from torch import nn
+    from torch.nn import functional as F
+
+    from segdep_d2.modeling.export import rewrite_onnx_for_cpu
+
+    class Small(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 16, 1)
+            self.one = nn.Conv2d(16, 1, 3, padding=1)
+            self.classes = nn.Conv2d(16, 5, 1)
+
+        def forward(self, x):
+            y = F.relu6(self.a(x) + self.b(x))
+            labels = F.interpolate(self.classes(y), scale_factor=4, mode="bilinear", align_corners=False).argmax(1)
+            return self.one(y), labels
+
+    torch.manual_seed(0)
+    path = str(tmp_path / "small.onnx")
+    torch.onnx.export(Small().eval(), (torch.randn(1, 3, 8, 12),), path, dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["one", "labels"],
+                      dynamic_axes={"x": {2: "h", 3: "w"}, "one": {2: "h", 3: "w"}, "labels": {1: "H", 2: "W"}})
+    proto = onnx.load(path)
+    assert rewrite_onnx_for_cpu(proto) == {"relu6_nchwc": 1, "conv_taps": 1, "nhwc_argmax": 1}
+    onnx.checker.check_model(proto)
+    rewritten = str(tmp_path / "rewritten.onnx")
+    onnx.save(proto, rewritten)
+    x = np.random.default_rng(1).standard_normal((1, 3, 10, 14)).astype(np.float32)
+    before, after = (ort.InferenceSession(p, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+                     for p in (path, rewritten))
+    np.testing.assert_allclose(after[0], before[0], rtol=1e-5, atol=1e-6)
+    assert after[1].shape == (1, 40, 56) and (after[1] == before[1]).mean() >= 0.999
+
+
+def test_labels_output_is_hydranet_only(tool, tmp_path):
+    cfg = tool.setup_cfg(CONFIG, ["MODEL.DEVICE", "cpu"])
+    with pytest.raises(ValueError, match=r"PanopticDepthLab exports outputs \['logits'\], not 'labels'"):
+        tool.export(cfg, H, W, str(tmp_path), "onnx", outputs="labels")

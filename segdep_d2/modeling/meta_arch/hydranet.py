@@ -232,17 +232,21 @@ class HydraNet(nn.Module):
 
     def postprocess(self, sem_seg_results, depth_results, batched_inputs, image_sizes):
         """Network outputs at the padded size -> per-image ``sem_seg`` and ``depth`` at each input's
-        original size (also used on the outputs of an exported network)."""
+        original size (also used on the outputs of an exported network).
+
+        ``sem_seg_results`` may instead hold per-pixel labels, (N, H, W) integers (the
+        ``sem_seg_labels`` of an export with ``outputs="labels"``): the result then has
+        ``sem_seg_labels`` (H, W) in place of the ``sem_seg`` logits, cropped, and resized with
+        nearest neighbours when the input's ``height`` / ``width`` differ from its image size."""
         processed = []
         for sem, depth, x, image_size in zip(sem_seg_results, depth_results, batched_inputs, image_sizes):
             height = x.get("height", image_size[0])
             width = x.get("width", image_size[1])
-            processed.append(
-                {
-                    "sem_seg": _crop_and_resize(sem, image_size, height, width),
-                    "depth": _crop_and_resize(depth, image_size, height, width)[0],
-                }
-            )
+            if sem.is_floating_point():
+                semantic = {"sem_seg": _crop_and_resize(sem, image_size, height, width)}
+            else:
+                semantic = {"sem_seg_labels": _crop_and_resize_labels(sem, image_size, height, width)}
+            processed.append({**semantic, "depth": _crop_and_resize(depth, image_size, height, width)[0]})
         return processed
 
 
@@ -253,3 +257,12 @@ def _crop_and_resize(result, image_size, height, width):
     if (int(height), int(width)) == (int(image_size[0]), int(image_size[1])):
         return result[:, : image_size[0], : image_size[1]]
     return sem_seg_postprocess(result, image_size, height, width)
+
+
+def _crop_and_resize_labels(labels, image_size, height, width):
+    """(H, W) integer labels: crop the padding, nearest-neighbour resize to height x width."""
+    labels = labels[: image_size[0], : image_size[1]]
+    if (int(height), int(width)) == (int(image_size[0]), int(image_size[1])):
+        return labels
+    resized = F.interpolate(labels[None, None].float(), size=(int(height), int(width)), mode="nearest")
+    return resized[0, 0].to(labels.dtype)
