@@ -153,8 +153,9 @@ def render(image_rgb, output, metadata, gt_depth=None, depth_range=None):
     if "panoptic_seg" in output:
         ids, segments_info = output["panoptic_seg"]
         images["panoptic"] = visualizer.draw_panoptic_depth(ids.cpu(), segments_info).get_image()
-    elif "sem_seg" in output:
-        labels = output["sem_seg"].argmax(dim=0).cpu()
+    elif "sem_seg" in output or "sem_seg_labels" in output:
+        # logits from the model, or the labels of a deployed graph (export --outputs labels)
+        labels = output["sem_seg_labels"].cpu() if "sem_seg_labels" in output else output["sem_seg"].argmax(dim=0).cpu()
         images["sem_seg"] = visualizer.draw_sem_seg_depth(labels, depth).get_image()
     if depth is not None:
         images["depth"] = depth_panel(depth, lo, hi)

@@ -117,6 +117,9 @@ def test_render_draws_a_semantic_overlay_without_panoptic_output(hydranet):
     assert images["panel"].shape == (2 * H + 4, max(2 * W + 4, W + bar), 3)
     frame = video_frame(images)  # overlay | depth, even-sized
     assert frame.shape[0] == H and frame.shape[1] in (2 * W + 4 + bar, 2 * W + 5 + bar) and frame.shape[1] % 2 == 0
+    # a deployed labels-only graph (export --outputs labels) draws the same overlay
+    labels_only = {"sem_seg_labels": output["sem_seg"].argmax(dim=0), "depth": output["depth"]}
+    assert np.array_equal(render(rgb, labels_only, hydranet.metadata)["sem_seg"], images["sem_seg"])
 
 
 def test_render_draws_the_panoptic_overlay_and_error_with_ground_truth(panoptic):
