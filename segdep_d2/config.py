@@ -141,6 +141,13 @@ def _add_segdep_model_config(cfg):
     cfg.MODEL.SEGDEP.CLASS_WEIGHTS = []
     cfg.MODEL.SEGDEP.DISTILL_TEMPERATURE = 1.0
     cfg.MODEL.SEGDEP.ALIGN_TEMPERATURE = 0.07
+    # Referring head (free-form queries -> one binary mask each): L += REFERRING_BCE_WEIGHT * BCE +
+    # REFERRING_DICE_WEIGHT * Dice of each query's mask against its target (records with ``queries``,
+    # e.g. vkitti2_referring_*). Each query's sentence embedding attends to the image's referring pixel
+    # embeddings with REFERRING_HEADS heads (must divide the text encoder's embed_dim).
+    cfg.MODEL.SEGDEP.REFERRING_BCE_WEIGHT = 1.0
+    cfg.MODEL.SEGDEP.REFERRING_DICE_WEIGHT = 1.0
+    cfg.MODEL.SEGDEP.REFERRING_HEADS = 8
     # Zero-shot protocol: class names (raw or cleaned) left out of training. Their pixels are ignored
     # by every segmentation loss (closed-set focal, open-vocab CE, distillation, InfoNCE; depth is still
     # learnt there) and their names never reach the text encoder in training, so the open-vocab head

@@ -6,7 +6,8 @@ The SegDep losses: a boundary-aware focal loss for segmentation (:func:`boundary
 with :func:`label_boundary_band`), KL distillation of open-vocabulary prompt logits from the
 closed-set head (:func:`open_vocab_distillation_loss`; the open-vocab CE itself is
 :func:`masked_cross_entropy` over the prompt logits) and an InfoNCE alignment of pooled class pixel
-embeddings with their text embeddings (:func:`info_nce_alignment_loss`)."""
+embeddings with their text embeddings (:func:`info_nce_alignment_loss`); the referring head's masks are
+trained with binary cross-entropy and :func:`dice_loss`."""
 import math
 from typing import Optional, Sequence
 
@@ -17,6 +18,7 @@ from torch.nn import functional as F
 __all__ = [
     "masked_l1_loss", "berhu_loss", "silog_loss", "DEPTH_LOSSES", "masked_cross_entropy", "UncertaintyWeighting",
     "label_boundary_band", "boundary_aware_focal_loss", "open_vocab_distillation_loss", "info_nce_alignment_loss",
+    "dice_loss",
 ]
 
 
@@ -190,6 +192,31 @@ def info_nce_alignment_loss(pixel_embeddings, text_embeddings, target, ignore_in
     logits = pooled[image_idx, class_idx] @ texts.t() / temperature  # (P, C)
     logits = logits.masked_fill(~in_batch, float("-inf"))
     return F.cross_entropy(logits, class_idx)
+
+
+def dice_loss(logits, target, valid=None, smooth=1.0):
+    """Soft Dice loss of binary masks (V-Net / Mask2Former form), one term per mask, averaged.
+
+    ``logits`` (M, ...) raw mask logits, ``target`` (M, ...) binary (bool or 0 / 1), ``valid``
+    (broadcastable to ``logits``) the pixels that count (e.g. the image inside the padding); with
+    p = sigmoid(logits) summed over each mask's valid pixels:
+    ``1 - (2 * sum(p * t) + smooth) / (sum(p) + sum(t) + smooth)``, then the mean over the M masks.
+    ``smooth`` (1, as Mask2Former) keeps an empty target with an empty prediction at 0 (and pushes
+    predictions on an empty target towards 0). 0, still connected to ``logits``, when M = 0.
+    """
+    if logits.shape != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have the same shape")
+    if logits.numel() == 0:
+        return _empty(logits)
+    probs = torch.sigmoid(logits.float())
+    target = target.to(probs.dtype)
+    if valid is not None:
+        weight = torch.broadcast_to(valid, probs.shape).to(probs.dtype)
+        probs, target = probs * weight, target * weight
+    probs, target = probs.reshape(len(probs), -1), target.reshape(len(target), -1)
+    numerator = 2.0 * (probs * target).sum(dim=1) + smooth
+    denominator = probs.sum(dim=1) + target.sum(dim=1) + smooth
+    return (1.0 - numerator / denominator).mean()
 
 
 class UncertaintyWeighting(nn.Module):

@@ -1,5 +1,6 @@
 import copy
 import logging
+import re
 from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
@@ -12,7 +13,7 @@ from detectron2.projects.panoptic_deeplab.target_generator import PanopticDeepLa
 from panopticapi.utils import id2rgb, rgb2id
 
 from ..depth_io import read_depth
-from ..label_io import has_panoptic, read_panoptic, read_sem_seg
+from ..label_io import _read_vkitti2_track_ids, has_panoptic, read_panoptic, read_sem_seg
 from ..transforms import build_augmentations, transform_depth
 
 __all__ = ["DepthPanopticDatasetMapper"]
@@ -27,10 +28,14 @@ class DepthPanopticDatasetMapper:
     * ``sem_seg`` (+ ``center``, ``offset`` and their weights for panoptic samples, from
       detectron2's Panoptic-DeepLab target generator);
     * ``depth``: float32 (H, W) metres, 0 = invalid, and ``depth_valid``: bool (H, W), true where
-      ``depth_range[0] < depth < depth_range[1]``.
+      ``depth_range[0] < depth < depth_range[1]``;
+    * for a record with referring ``queries`` (``[{"text", "instance_id", ...}]``, e.g.
+      ``load_vkitti2_referring``): ``queries`` becomes the list of sentences and ``referring_masks`` a
+      bool (Q, H, W) tensor, each query's target (the pixels of its ``instance_id`` in the record's
+      ``instance_file_name``), resampled exactly as the labels (see :func:`referring_targets`).
 
     At test time (``is_train=False``) only the image is prepared: evaluators read ground truth
-    at full resolution themselves.
+    at full resolution themselves (a record's ``queries`` pass through untouched, dicts included).
     """
 
     @configurable
@@ -102,6 +107,10 @@ class DepthPanopticDatasetMapper:
                 label = read_sem_seg(dataset_dict)
             if "depth_file_name" in dataset_dict:
                 depth = read_depth(dataset_dict)
+        # referring records only (every other record takes none of these steps)
+        instance_ids = None
+        if self.is_train and dataset_dict.get("queries"):
+            instance_ids = read_instance_ids(dataset_dict, image.shape[:2])
 
         aug_input = T.AugInput(image, sem_seg=label)
         transforms = self.augmentations(aug_input)
@@ -117,4 +126,68 @@ class DepthPanopticDatasetMapper:
             dataset_dict.update(self.panoptic_target_generator(rgb2id(label), segments_info))
         elif label is not None:
             dataset_dict["sem_seg"] = torch.as_tensor(label.astype(np.int64))
+        if instance_ids is not None:
+            dataset_dict.update(referring_targets(dataset_dict["queries"], instance_ids, transforms))
         return dataset_dict
+
+
+def read_instance_ids(dataset_dict, shape) -> np.ndarray:
+    """int32 (H, W) instance ids of a referring record's ``instance_file_name`` (VKITTI2: trackID + 1,
+    0 = no vehicle), the values its queries' ``instance_id`` name."""
+    if "instance_file_name" not in dataset_dict:
+        raise ValueError(
+            f"{dataset_dict.get('file_name')}: a record with referring 'queries' needs 'instance_file_name' "
+            "(the instance ids its queries' 'instance_id' refer to) to build their target masks"
+        )
+    path = dataset_dict["instance_file_name"]
+    if dataset_dict.get("label_format") == "vkitti2":
+        return _read_vkitti2_track_ids(path, tuple(shape))
+    from PIL import Image
+
+    with Image.open(path) as im:
+        ids = np.asarray(im)
+    if ids.ndim != 2 or ids.shape != tuple(shape):
+        raise ValueError(f"{path}: expected a single-channel instance PNG of size {tuple(shape)}, got {ids.shape}")
+    return ids.astype(np.int32)
+
+
+_LEFT_RIGHT = re.compile(r"\b(left|right)", re.IGNORECASE)
+
+
+def swap_left_right(text: str) -> str:
+    """"the van on the left" <-> "... right", "leftmost" <-> "rightmost", "from the right" <-> "from
+    the left" (case kept): what a horizontally flipped image makes of a sentence. Exact for the VKITTI2
+    referring grammar (:mod:`segdep_d2.data.referring`), whose left / right phrases are all defined by
+    box centres (x < W / 2, order along x), which a flip mirrors."""
+
+    def swap(match):
+        word = match.group(1)
+        other = "right" if word.lower() == "left" else "left"
+        return other.capitalize() if word[0].isupper() else other
+
+    return _LEFT_RIGHT.sub(swap, text)
+
+
+def referring_targets(queries, instance_ids: np.ndarray, transforms) -> dict:
+    """``{"queries": [sentences], "referring_masks": bool (Q, H, W)}`` after ``transforms``.
+
+    The instance ids go through the labels' resampling path bit-exactly (int32 viewed as float32 through
+    :func:`transform_depth`: nearest neighbour on whole pixels, padding 0 = no instance), so each mask
+    covers exactly the pixels of its ``instance_id`` that the labels show. Horizontal flips are kept as
+    augmentation and the sentences follow them: an odd number of ``HFlipTransform`` swaps left and right
+    (:func:`swap_left_right`). Vertical flips change no phrase of the grammar (it has no above / below).
+    Crops are not re-checked: a target cropped away leaves an empty mask (VKITTI2's configs do not crop).
+    """
+    texts, targets = [], []
+    for q in queries:
+        if not isinstance(q, dict) or "instance_id" not in q or "text" not in q:
+            raise ValueError(f"a training query must be a dict with 'text' and 'instance_id', got {q!r}")
+        texts.append(str(q["text"]))
+        targets.append(int(q["instance_id"]))
+    ids = np.ascontiguousarray(instance_ids, dtype=np.int32)
+    ids = transform_depth(transforms, ids.view(np.float32)).view(np.int32)
+    steps = transforms.transforms if isinstance(transforms, T.TransformList) else [transforms]
+    if sum(isinstance(t, T.HFlipTransform) for t in steps) % 2:
+        texts = [swap_left_right(t) for t in texts]
+    masks = ids[None] == np.asarray(targets, dtype=np.int32)[:, None, None]
+    return {"queries": texts, "referring_masks": torch.from_numpy(np.ascontiguousarray(masks))}

@@ -9,6 +9,8 @@ Data flow (N images padded to a multiple of 32)::
     CLIP text tower(vocabulary names) -> T (C', D)
     TextVisionFusion(F, T) -> open-vocab head -> pixel embeddings (N, D, H/4, W/4)
         -> exp(logit_scale) * cos(pixel, T) -> open_vocab_seg (C')
+    CLIP text tower(queries) -> q (Q, D);  TextVisionFusion(F, T_train) (+ depth, x, y) -> referring head
+        -> one mask logit map per query (Q, H/4, W/4) -> referring: mask, score, depth over the mask
 
 The closed-set and depth heads read the vision features, not the fused ones, so ``sem_seg`` and
 ``depth`` do not change with the names a user asks about; only the open-vocabulary branch depends on
@@ -21,10 +23,20 @@ over the prompt logits of the training vocabulary, KL distillation of the prompt
 closed-set logits, and InfoNCE between every class's pooled pixel embedding and its text embedding
 (at the embeddings' 1/4 resolution). ``MODEL.SEGDEP.HELD_OUT_CLASSES`` implements the zero-shot
 protocol (see the config's comment).
+
+Referring (free-form queries, :class:`ReferringHead`): the query sentences go through the same frozen
+text tower (``ClipTextEncoder.encode``, no prompt template); the pixels are the fusion of the FPN features
+with the *training* vocabulary (the same fusion module and the same pass as the open-vocab loss in
+training; so the masks do not depend on the ``class_names`` an input asks for), with the detached
+predicted depth and the image coordinates, computed once per image; each image's Q queries then cost one
+batched pass of the head's light query half. Losses: binary cross-entropy + Dice of each query's mask
+logits (upsampled to the input) against its target mask, over the image without padding
+(``MODEL.SEGDEP.REFERRING_{BCE,DICE}_WEIGHT``).
 """
+import dataclasses
 import math
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -41,10 +53,11 @@ from ...data.vocabularies import canonical_name
 from ...evaluation.panoptic_depth_metrics import segment_depths
 from ..backbone.fpn_align import ScaleAlignmentFPN
 from ..heads.depth_head import check_depth_settings, depth_from_logits
-from ..heads.segdep_heads import OpenVocabHead, SegDepTaskHead, TextVisionFusion
+from ..heads.segdep_heads import OpenVocabHead, ReferringHead, SegDepTaskHead, TextVisionFusion
 from ..losses import (
     DEPTH_LOSSES,
     boundary_aware_focal_loss,
+    dice_loss,
     info_nce_alignment_loss,
     masked_cross_entropy,
     open_vocab_distillation_loss,
@@ -52,9 +65,12 @@ from ..losses import (
 from ..text_encoder import ClipTextEncoder
 from .hydranet import _crop_and_resize, _storage
 
-__all__ = ["SegDep"]
+__all__ = ["SegDep", "SegDepImageEncoding"]
 
 LOSS_NAMES = ("sem_seg", "depth", "open_vocab", "distill", "align")
+# Referring losses: in the loss dict whenever a batch has queries, and (an exact 0 without queries) in
+# every batch of a model built to train on referring data (see SegDep.losses).
+REFERRING_LOSS_NAMES = ("referring_bce", "referring_dice")
 
 
 def _upsample(x, size):
@@ -68,8 +84,11 @@ class SegDep(nn.Module):
     """Closed-set segmentation, metric depth and open-vocabulary segmentation.
 
     Input: detectron2's list[dict] with ``image`` (uint8 (C, H, W) in ``INPUT.FORMAT``); in training
-    ``sem_seg`` (long (H, W), ``ignore_value`` = unlabelled) and / or ``depth`` + ``depth_valid``;
-    at inference optionally ``class_names``: a list of names, or a dict ``{vocabulary: [names]}``.
+    ``sem_seg`` (long (H, W), ``ignore_value`` = unlabelled) and / or ``depth`` + ``depth_valid``, and
+    for referring samples ``queries`` (list of Q sentences) + ``referring_masks`` (bool (Q, H, W), the
+    target of each query; :class:`DepthPanopticDatasetMapper` builds both); at inference optionally
+    ``class_names``: a list of names, or a dict ``{vocabulary: [names]}``, and ``queries``: a list of
+    free-form sentences (or of dicts with a ``"text"``, as referring dataset records hold them).
 
     Output: in training a dict of losses (``loss_sem_seg``, ``loss_depth``, ``loss_open_vocab``,
     ``loss_distill``, ``loss_align``); at inference one dict per image, at the input's original size:
@@ -83,6 +102,12 @@ class SegDep(nn.Module):
     * ``panoptic_seg = (ids, segments_info)``: the closed-set regions (one segment per stuff class,
       one per connected component of a thing class; id = class x label_divisor + component, -1 void),
       every segment with ``depth`` / ``depth_median`` as :class:`PanopticDepthLab` gives them.
+    * ``referring`` (only for an input with ``queries``): one dict per query, in order (see
+      :meth:`answer`): ``text``, ``mask`` (bool (H, W): sigmoid(logit) > 0.5), ``score``, ``area``,
+      ``depth_median`` / ``depth_mean`` (metres over the mask, NaN for an empty mask).
+
+    For many queries on one image (a query tool, a benchmark) use ``encoding = model.encode_image(inputs)``
+    once and ``model.answer(encoding, queries)`` per question: the backbone is not run again.
     """
 
     # What inference produces; the trainer chooses evaluators (and the mapper panoptic targets) from
@@ -105,6 +130,7 @@ class SegDep(nn.Module):
         sem_seg_head: nn.Module,
         depth_head: nn.Module,
         open_vocab_head: OpenVocabHead,
+        referring_head: ReferringHead,
         class_names: Sequence[str],
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
@@ -135,6 +161,9 @@ class SegDep(nn.Module):
         classes_without_depth: Sequence[str] = (),
         depth_range: Optional[Sequence[float]] = None,
         min_segment_area: int = 64,
+        referring_bce_weight: float = 1.0,
+        referring_dice_weight: float = 1.0,
+        train_referring: bool = False,
     ):
         """
         Args:
@@ -145,6 +174,9 @@ class SegDep(nn.Module):
             thing_ids, label_divisor: how ``panoptic_seg`` numbers segments (dataset metadata).
             classes_without_depth, depth_range: a segment's ``depth_valid`` is False for these classes
                 (e.g. sky) and for medians outside ``depth_range`` (metadata, as PanopticDepthLab).
+            train_referring: the training data holds referring queries (a DATASETS.TRAIN entry registered
+                with them): the referring losses are then in every loss dict, an exact 0 for a batch
+                without queries, so that the loss names are the same in every iteration and on every worker.
             The rest: see ``MODEL.SEGDEP`` / ``MODEL.DEPTH_HEAD`` in :mod:`segdep_d2.config`.
         """
         super().__init__()
@@ -156,6 +188,7 @@ class SegDep(nn.Module):
         self.sem_seg_head = sem_seg_head
         self.depth_head = depth_head
         self.open_vocab_head = open_vocab_head
+        self.referring_head = referring_head
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         self.size_divisibility = max(size_divisibility, backbone.size_divisibility)
@@ -203,7 +236,9 @@ class SegDep(nn.Module):
         self.loss_weights = {
             "sem_seg": seg_loss_weight, "depth": depth_loss_weight, "open_vocab": open_vocab_loss_weight,
             "distill": distill_loss_weight, "align": align_loss_weight,
+            "referring_bce": referring_bce_weight, "referring_dice": referring_dice_weight,
         }
+        self.train_referring = bool(train_referring)
         self.focal = {"gamma": focal_gamma, "band": boundary_band, "boost": boundary_boost}
         self.distill_temperature = distill_temperature
         self.align_temperature = align_temperature
@@ -256,6 +291,9 @@ class SegDep(nn.Module):
             "sem_seg_head": SegDepTaskHead(channels, num_classes, hidden, node.NORM),
             "depth_head": SegDepTaskHead(channels, 1, hidden, node.NORM),
             "open_vocab_head": OpenVocabHead(channels, text_encoder.embed_dim, hidden, node.NORM),
+            "referring_head": ReferringHead(
+                channels, text_encoder.embed_dim, hidden, node.NORM, num_heads=node.REFERRING_HEADS
+            ),
             "class_names": names,
             "held_out_classes": list(node.HELD_OUT_CLASSES),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
@@ -286,6 +324,12 @@ class SegDep(nn.Module):
             "classes_without_depth": list(meta.get("classes_without_depth", ())) if meta is not None else [],
             "depth_range": meta.get("depth_range", None) if meta is not None else None,
             "min_segment_area": node.MIN_SEGMENT_AREA,
+            "referring_bce_weight": node.REFERRING_BCE_WEIGHT,
+            "referring_dice_weight": node.REFERRING_DICE_WEIGHT,
+            # referring datasets carry this metadata (register_vkitti2(..., referring=...))
+            "train_referring": any(
+                MetadataCatalog.get(name).get("referring_max_queries", None) is not None for name in cfg.DATASETS.TRAIN
+            ),
         }
 
     @property
@@ -326,14 +370,21 @@ class SegDep(nn.Module):
         return embeddings, self.open_vocab_head.logits(embeddings, text)
 
     def forward(self, batched_inputs):
-        images = self.preprocess_image(batched_inputs)
-        features = self.features(images.tensor)
-        size = images.tensor.shape[-2:]
-        sem, depth = self.dense_outputs(features, size)
         if self.training:
-            return self.losses(features, sem, depth, batched_inputs, size)
-        open_vocab = self.open_vocab_inference(features, batched_inputs, size)
-        return self.postprocess(sem, depth, open_vocab, batched_inputs, images.image_sizes)
+            images = self.preprocess_image(batched_inputs)
+            features = self.features(images.tensor)
+            size = images.tensor.shape[-2:]
+            sem, depth = self.dense_outputs(features, size)
+            return self.losses(features, sem, depth, batched_inputs, size, images.image_sizes)
+        encoding = self.encode_image(batched_inputs)
+        open_vocab = self.open_vocab_inference(encoding.features, batched_inputs, encoding.padded_size)
+        results = self.postprocess(encoding.sem_seg, encoding.depth, open_vocab, batched_inputs, encoding.image_sizes)
+        if any("queries" in x for x in batched_inputs):
+            answers = self.answer(encoding, [_query_texts(x) for x in batched_inputs])
+            for result, x, answer in zip(results, batched_inputs, answers):
+                if "queries" in x:
+                    result["referring"] = answer
+        return results
 
     # ---- training ----
     def _targets(self, batched_inputs, padded_size):
@@ -359,12 +410,19 @@ class SegDep(nn.Module):
         looked_up = table[target.clamp(0, table.numel() - 1)]
         return torch.where(inside, looked_up, torch.full_like(target, self.ignore_value))
 
-    def losses(self, features, sem_logits, depth, batched_inputs, padded_size) -> Dict[str, torch.Tensor]:
+    def losses(
+        self, features, sem_logits, depth, batched_inputs, padded_size, image_sizes=None
+    ) -> Dict[str, torch.Tensor]:
         sem_target, depth_target, valid = self._targets(batched_inputs, padded_size)
         closed_target = self._lookup(self._closed_lut, sem_target)  # held-out classes -> ignore
         open_target = self._lookup(self._open_lut, sem_target)  # index in the training vocabulary
         text = self.text_embeddings(self.train_names)
-        embeddings, prompt_low = self.open_vocab_outputs(features, text)
+        fused = self.fusion(features, text)  # shared by the open-vocab and referring heads
+        embeddings = self.open_vocab_head(fused)
+        prompt_low = self.open_vocab_head.logits(embeddings, text)
+        if image_sizes is None:
+            image_sizes = [tuple(x["image"].shape[-2:]) for x in batched_inputs]
+        referring, num_queries = self.referring_losses(fused, depth, batched_inputs, padded_size, image_sizes)
         # losses in fp32 under AMP
         sem_logits, depth = sem_logits.float(), depth[:, 0].float()
         prompt = _upsample(prompt_low.float(), padded_size)
@@ -395,7 +453,69 @@ class SegDep(nn.Module):
             for name, value in counts.items():
                 storage.put_scalar(f"segdep/{name}", int(value), smoothing_hint=False)
             storage.put_scalar("segdep/logit_scale", float(self.open_vocab_head.temperature_scale.detach()))
-        return {f"loss_{name}": raw[name] * self.loss_weights[name] for name in LOSS_NAMES}
+            if num_queries or self.train_referring:
+                storage.put_scalar("segdep/num_referring_queries", num_queries, smoothing_hint=False)
+        out = {f"loss_{name}": raw[name] * self.loss_weights[name] for name in LOSS_NAMES}
+        if num_queries or self.train_referring:
+            out.update({f"loss_{name}": referring[name] * self.loss_weights[name] for name in REFERRING_LOSS_NAMES})
+        else:
+            # No referring data in this run: no referring loss names (the loss dict stays the five seed
+            # losses), but the head's parameters still join the graph through an exact 0 (x + 0.0 == x for
+            # these non-negative losses) so that DistributedDataParallel finds every parameter used.
+            out["loss_open_vocab"] = out["loss_open_vocab"] + referring["referring_bce"]
+        return out
+
+    def referring_losses(self, fused, depth, batched_inputs, padded_size, image_sizes):
+        """``({"referring_bce", "referring_dice"}, number of queries)`` over the batch's queries:
+        per-pixel binary cross-entropy (mean over every query's pixels inside its image) and Dice (mean
+        over queries) of the mask logits, upsampled to the padded input size, against
+        ``referring_masks``; both an exact 0, connected to every referring parameter, without queries."""
+        items = []
+        for i, x in enumerate(batched_inputs):
+            texts = _query_texts(x)
+            if not texts:
+                continue
+            if "referring_masks" not in x:
+                raise ValueError(
+                    "a training input with 'queries' needs their target 'referring_masks' (Q, H, W) "
+                    "(DepthPanopticDatasetMapper builds them from the record's instance masks)"
+                )
+            masks = x["referring_masks"]
+            if masks.dim() != 3 or masks.shape[0] != len(texts) or tuple(masks.shape[-2:]) != tuple(image_sizes[i]):
+                raise ValueError(
+                    f"referring_masks {tuple(masks.shape)} must be (Q, H, W) = ({len(texts)}, "
+                    f"{image_sizes[i][0]}, {image_sizes[i][1]}): one mask per query at the image's size"
+                )
+            items.append((i, texts, masks))
+        if not items:
+            zero = sum(p.sum() for p in self.referring_head.parameters()) * 0.0
+            return {"referring_bce": zero, "referring_dice": zero}, 0
+        rows = [i for i, _, _ in items]
+        pixels = self._referring_pixels(fused[rows], depth[rows], [image_sizes[i] for i in rows], padded_size)
+        keys, values = self.referring_head.memory(pixels)
+        text = self.text_encoder.encode([t for _, texts, _ in items for t in texts]).to(self.device)
+        logits, targets, valid = [], [], []
+        start = 0
+        for row, (i, texts, masks) in enumerate(items):
+            q = len(texts)
+            valid_low = self._feature_valid(image_sizes[i], padded_size, pixels)
+            low = self.referring_head(pixels[row], text[start:start + q], valid_low, (keys[row], values[row]))
+            start += q
+            logits.append(_upsample(low[None], padded_size)[0])
+            h, w = image_sizes[i]
+            target = torch.zeros((q, *padded_size), dtype=torch.bool, device=self.device)
+            target[:, :h, :w] = masks.to(self.device).bool()
+            targets.append(target)
+            inside = torch.zeros(tuple(padded_size), dtype=torch.bool, device=self.device)
+            inside[:h, :w] = True
+            valid.append(inside.expand(q, -1, -1))
+        logits, targets, valid = torch.cat(logits).float(), torch.cat(targets), torch.cat(valid)
+        weight = valid.to(logits.dtype)
+        bce = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+        return {
+            "referring_bce": (bce * weight).sum() / weight.sum().clamp(min=1.0),
+            "referring_dice": dice_loss(logits, targets, valid),
+        }, int(targets.shape[0])
 
     def depth_loss(self, depth, target, valid):
         """The configured depth losses over valid pixels; on depth / MAX_DEPTH for the sigmoid
@@ -406,6 +526,115 @@ class SegDep(nn.Module):
             weight * DEPTH_LOSSES[name](depth, target, valid, **self.depth_loss_kwargs.get(name, {}))
             for name, weight in self.depth_loss_terms
         )
+
+    # ---- referring ----
+    @staticmethod
+    def _feature_valid(image_size, padded_size, pixels):
+        """(h, w) bool: the feature pixels of ``pixels`` (..., h, w) that cover the image of
+        ``image_size`` inside ``padded_size`` (False on pixels of padding only)."""
+        h, w = pixels.shape[-2:]
+        valid = torch.zeros((h, w), dtype=torch.bool, device=pixels.device)
+        valid[: math.ceil(image_size[0] * h / padded_size[0]), : math.ceil(image_size[1] * w / padded_size[1])] = True
+        return valid
+
+    def _referring_pixels(self, fused, depth, image_sizes, padded_size):
+        """The referring head's pixel embeddings (N, D, h, w) of fused features (N, C, h, w), the
+        padded depth (N, 1, H, W) and each image's size."""
+        h, w = fused.shape[-2:]
+        stride_y, stride_x = padded_size[0] / h, padded_size[1] / w
+        extents = torch.tensor(
+            [[size[0] / stride_y, size[1] / stride_x] for size in image_sizes], device=fused.device
+        )
+        low_depth = F.adaptive_avg_pool2d(depth.float(), (h, w))
+        return self.referring_head.pixel_embeddings(fused, low_depth, extents)
+
+    def encode_image(self, batched_inputs) -> "SegDepImageEncoding":
+        """Run the image part of the network once (backbone, FPN, closed-set and depth heads) and keep
+        what queries need: pass the result to :meth:`answer` any number of times. Inference mode (the
+        caller chooses ``torch.no_grad``); ``batched_inputs`` as :meth:`forward` takes them."""
+        images = self.preprocess_image(batched_inputs)
+        features = self.features(images.tensor)
+        size = tuple(int(v) for v in images.tensor.shape[-2:])
+        sem, depth = self.dense_outputs(features, size)
+        output_sizes = [
+            (int(x.get("height", s[0])), int(x.get("width", s[1]))) for x, s in zip(batched_inputs, images.image_sizes)
+        ]
+        return SegDepImageEncoding(
+            features=features, sem_seg=sem, depth=depth,
+            image_sizes=[tuple(int(v) for v in s) for s in images.image_sizes], output_sizes=output_sizes,
+        )
+
+    def answer(
+        self, encoding: "SegDepImageEncoding", queries: Sequence[Union[str, Sequence[str]]]
+    ) -> List[List[dict]]:
+        """Referring answers from an :meth:`encode_image` result, without running the backbone again.
+
+        ``queries``: one list of sentences asked of every image, or one list per image (empty: nothing
+        asked of that image). Returns one list per image, one dict per query in order:
+
+        * ``text``: the query;
+        * ``mask``: bool (H, W) at the input's original size (``height`` / ``width``), sigmoid(logit) > 0.5;
+        * ``score``: sigmoid of the mean mask logit over the mask (the mask's confidence; >= 0.5), or,
+          for an empty mask, sigmoid of the largest logit (<= 0.5). Not trained separately: a
+          confidence of the predicted mask, not a calibrated probability that the target exists;
+        * ``area``: pixels in the mask;
+        * ``depth_median``, ``depth_mean``: median (numpy's) and mean of the predicted depth over the
+          mask, metres; NaN when the mask is empty (no pixel to measure).
+
+        The pixel half of the referring head (and its attention keys / values) runs once per encoding
+        (the result is kept in it); each image's queries then go through the head's query half in one
+        batched pass.
+        """
+        per_image = _per_image_queries(queries, len(encoding))
+        answers: List[List[dict]] = [[] for _ in per_image]
+        if not any(per_image):
+            return answers
+        if encoding.referring_pixels is None:
+            fused = self.fusion(encoding.features, self.text_embeddings(self.train_names))
+            encoding.referring_pixels = self._referring_pixels(
+                fused, encoding.depth, encoding.image_sizes, encoding.padded_size
+            )
+            encoding.referring_memory = self.referring_head.memory(encoding.referring_pixels)
+        pixels = encoding.referring_pixels
+        keys, values = encoding.referring_memory
+        texts = [t for q in per_image for t in q]
+        text = self.text_encoder.encode(texts).to(self.device)
+        start = 0
+        for i, texts_i in enumerate(per_image):
+            if not texts_i:
+                continue
+            q = len(texts_i)
+            valid_low = self._feature_valid(encoding.image_sizes[i], encoding.padded_size, pixels)
+            low = self.referring_head(pixels[i], text[start:start + q], valid_low, (keys[i], values[i]))
+            start += q
+            logits = _upsample(low[None].float(), encoding.padded_size)[0]
+            height, width = encoding.output_sizes[i]
+            logits = _crop_and_resize(logits, encoding.image_sizes[i], height, width)
+            answers[i] = self._referring_answers(texts_i, logits, encoding.output_depth(i))
+        return answers
+
+    @staticmethod
+    def _referring_answers(texts, logits, depth):
+        """Mask logits (Q, H, W) and depth (H, W) metres at the output size -> one answer per query."""
+        masks = logits > 0  # sigmoid > 0.5
+        areas = masks.flatten(1).sum(dim=1)
+        flat = logits.flatten(1)
+        inside = (flat * masks.flatten(1)).sum(dim=1) / areas.clamp(min=1)
+        scores = torch.sigmoid(torch.where(areas > 0, inside, flat.max(dim=1).values)).detach()
+        depth_np = depth.detach().float().cpu().numpy()
+        masks_np = masks.cpu().numpy()
+        out = []
+        for q, text in enumerate(texts):
+            values = depth_np[masks_np[q]]
+            out.append({
+                "text": text,
+                "mask": masks[q],
+                "score": float(scores[q]),
+                "area": int(values.size),
+                "depth_median": float(np.median(values)) if values.size else float("nan"),
+                "depth_mean": float(values.mean(dtype=np.float64)) if values.size else float("nan"),
+            })
+        return out
 
     # ---- inference ----
     def _vocabularies(self, x) -> "OrderedDict[Optional[str], List[str]]":
@@ -511,6 +740,62 @@ class SegDep(nn.Module):
             }
             for j, values in stats.items()
         ]
+
+
+@dataclasses.dataclass(eq=False)
+class SegDepImageEncoding:
+    """What :meth:`SegDep.encode_image` keeps of a batch of images for :meth:`SegDep.answer`: the FPN
+    features (N, C, H/4, W/4), the closed-set logits (N, C, H, W) and depth (N, 1, H, W, metres) at the
+    padded size, each image's size inside the padding and its output size; ``referring_pixels`` and
+    ``referring_memory`` (the referring head's query-independent pixel embeddings and their attention
+    keys / values) are filled by the first ``answer``."""
+
+    features: torch.Tensor
+    sem_seg: torch.Tensor
+    depth: torch.Tensor
+    image_sizes: List[Tuple[int, int]]
+    output_sizes: List[Tuple[int, int]]
+    referring_pixels: Optional[torch.Tensor] = None
+    referring_memory: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    _output_depth: Dict[int, torch.Tensor] = dataclasses.field(default_factory=dict, repr=False)
+
+    def __len__(self):
+        return self.features.shape[0]
+
+    @property
+    def padded_size(self) -> Tuple[int, int]:
+        return tuple(int(v) for v in self.depth.shape[-2:])
+
+    def output_depth(self, i: int) -> torch.Tensor:
+        """Image ``i``'s depth (H, W) metres at its output size, as ``SegDep.postprocess`` gives it."""
+        if i not in self._output_depth:
+            self._output_depth[i] = _crop_and_resize(self.depth[i], self.image_sizes[i], *self.output_sizes[i])[0]
+        return self._output_depth[i]
+
+
+def _query_texts(x) -> List[str]:
+    """An input's ``queries`` as sentences: a list of strings, or of dicts with a ``"text"`` (a
+    referring dataset record's queries); a single string is one query; none -> []."""
+    queries = x.get("queries", None)
+    if queries is None:
+        return []
+    if isinstance(queries, str):
+        return [queries]
+    return [str(q["text"]) if isinstance(q, Mapping) else str(q) for q in queries]
+
+
+def _per_image_queries(queries, num_images) -> List[List[str]]:
+    """``answer``'s ``queries``: one list for every image, or one list per image."""
+    if isinstance(queries, str):
+        queries = [queries]
+    queries = list(queries)
+    if all(isinstance(q, (str, Mapping)) for q in queries):
+        texts = _query_texts({"queries": queries})
+        return [list(texts) for _ in range(num_images)]
+    if len(queries) != num_images:
+        raise ValueError(f"queries: {len(queries)} lists for {num_images} images (give one list per image, "
+                         "or one list of sentences for all of them)")
+    return [_query_texts({"queries": q}) for q in queries]
 
 
 def _downsample_labels(target: torch.Tensor, size) -> torch.Tensor:
