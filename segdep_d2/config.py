@@ -162,6 +162,24 @@ def _add_segdep_model_config(cfg):
     cfg.MODEL.SEGDEP.MIN_SEGMENT_AREA = 64
     # Inputs are padded to a multiple of this (at least HRNet's 32).
     cfg.MODEL.SEGDEP.SIZE_DIVISIBILITY = 32
+    # ---- temporal refinement (motion estimation + refinement; off by default) ----
+    # TEMPORAL: a light motion head (TEMPORAL_CHANNELS wide) estimates the flow from the current frame's
+    # 1/4-resolution FPN features to the previous frame's; the previous features are warped (grid_sample)
+    # and fused with a learned per-pixel gate before every head (segdep_d2.modeling.heads.temporal).
+    # Inference: inputs with ``sequence_id`` + ``frame_index`` use the state of their sequence when the
+    # stored frame is at most TEMPORAL_MAX_FRAME_GAP frames before (1: only frame_index == previous + 1);
+    # anything else (single images, a sequence's first frame, a gap, a repeated or earlier frame, another
+    # image size) takes the plain path. The model keeps the last TEMPORAL_MAX_SEQUENCES sequences' features
+    # (least recently used dropped); SegDep.reset_temporal_state() and model.train() clear them.
+    # Training: inputs with ``prev_image`` (the previous frame, same augmentation) train the module; others
+    # take the plain path. TEMPORAL_FLOW_LOSS_WEIGHT > 0 adds ``loss_temporal_flow``: L1 (pixels at the
+    # input size) between the predicted flow and ``prev_flow`` (2, H, W) = the current -> previous flow
+    # (VKITTI2 backwardFlow), over ``prev_flow_valid`` (H, W); an exact 0 for a batch without it.
+    cfg.MODEL.SEGDEP.TEMPORAL = False
+    cfg.MODEL.SEGDEP.TEMPORAL_CHANNELS = 64
+    cfg.MODEL.SEGDEP.TEMPORAL_MAX_FRAME_GAP = 1
+    cfg.MODEL.SEGDEP.TEMPORAL_MAX_SEQUENCES = 8
+    cfg.MODEL.SEGDEP.TEMPORAL_FLOW_LOSS_WEIGHT = 0.0
 
 
 # CLIP zero-shot prompt templates for class names (a street-scene flavoured subset of CLIP's ImageNet set).

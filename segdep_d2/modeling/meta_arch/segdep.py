@@ -32,6 +32,19 @@ predicted depth and the image coordinates, computed once per image; each image's
 batched pass of the head's light query half. Losses: binary cross-entropy + Dice of each query's mask
 logits (upsampled to the input) against its target mask, over the image without padding
 (``MODEL.SEGDEP.REFERRING_{BCE,DICE}_WEIGHT``).
+
+Temporal refinement (``MODEL.SEGDEP.TEMPORAL``, off by default; :mod:`..heads.temporal`): a light motion
+head estimates the flow from the current frame's FPN features to the previous frame's, the previous
+features are warped by it (``grid_sample``) and fused with a learned gate before every head, so the
+logits and depth of the previous frame are carried over where they are consistent. Inference: the model
+keeps, per ``sequence_id``, the last frame's (unrefined) FPN features; an input with ``sequence_id`` and
+``frame_index`` at most ``TEMPORAL_MAX_FRAME_GAP`` frames after its sequence's stored frame is refined,
+every other input (no sequence keys, a sequence's first frame, a gap, a repeated or earlier frame, a
+different image size) takes the plain path, and every input with the keys becomes its sequence's state
+(:meth:`SegDep.reset_temporal_state`; ``model.train()`` / ``model.eval()`` clear it). Training: an input
+with ``prev_image`` (the previous frame, uint8 like ``image``, same size and augmentation) is refined with
+that frame's features (computed without gradient, as the state is at test time); the optional
+``loss_temporal_flow`` supervises the flow with ``prev_flow`` (current -> previous, VKITTI2 backward flow).
 """
 import dataclasses
 import math
@@ -54,6 +67,7 @@ from ...evaluation.panoptic_depth_metrics import segment_depths
 from ..backbone.fpn_align import ScaleAlignmentFPN
 from ..heads.depth_head import check_depth_settings, depth_from_logits
 from ..heads.segdep_heads import OpenVocabHead, ReferringHead, SegDepTaskHead, TextVisionFusion
+from ..heads.temporal import MotionHead, TemporalFusion, warp
 from ..losses import (
     DEPTH_LOSSES,
     boundary_aware_focal_loss,
@@ -88,7 +102,10 @@ class SegDep(nn.Module):
     for referring samples ``queries`` (list of Q sentences) + ``referring_masks`` (bool (Q, H, W), the
     target of each query; :class:`DepthPanopticDatasetMapper` builds both); at inference optionally
     ``class_names``: a list of names, or a dict ``{vocabulary: [names]}``, and ``queries``: a list of
-    free-form sentences (or of dicts with a ``"text"``, as referring dataset records hold them).
+    free-form sentences (or of dicts with a ``"text"``, as referring dataset records hold them). With
+    ``MODEL.SEGDEP.TEMPORAL``: ``sequence_id`` + ``frame_index`` at inference (video frames, refined with
+    their sequence's previous frame), ``prev_image`` (+ optional ``prev_flow`` (2, H, W) and
+    ``prev_flow_valid`` (H, W)) in training; see the module docstring.
 
     Output: in training a dict of losses (``loss_sem_seg``, ``loss_depth``, ``loss_open_vocab``,
     ``loss_distill``, ``loss_align``); at inference one dict per image, at the input's original size:
@@ -164,6 +181,11 @@ class SegDep(nn.Module):
         referring_bce_weight: float = 1.0,
         referring_dice_weight: float = 1.0,
         train_referring: bool = False,
+        motion_head: Optional[nn.Module] = None,
+        temporal_fusion: Optional[nn.Module] = None,
+        temporal_max_frame_gap: int = 1,
+        temporal_max_sequences: int = 8,
+        temporal_flow_loss_weight: float = 0.0,
     ):
         """
         Args:
@@ -177,6 +199,8 @@ class SegDep(nn.Module):
             train_referring: the training data holds referring queries (a DATASETS.TRAIN entry registered
                 with them): the referring losses are then in every loss dict, an exact 0 for a batch
                 without queries, so that the loss names are the same in every iteration and on every worker.
+            motion_head, temporal_fusion: the temporal refinement (:class:`MotionHead`,
+                :class:`TemporalFusion`; both or neither); ``temporal_*``: see ``MODEL.SEGDEP.TEMPORAL*``.
             The rest: see ``MODEL.SEGDEP`` / ``MODEL.DEPTH_HEAD`` in :mod:`segdep_d2.config`.
         """
         super().__init__()
@@ -266,6 +290,18 @@ class SegDep(nn.Module):
         self.depth_range = tuple(depth_range) if depth_range is not None else (min_depth, max_depth)
         self.min_segment_area = int(min_segment_area)
 
+        if (motion_head is None) != (temporal_fusion is None):
+            raise ValueError("SegDep's temporal refinement needs both a motion head and a temporal fusion")
+        if temporal_max_frame_gap < 1 or temporal_max_sequences < 1:
+            raise ValueError("MODEL.SEGDEP.TEMPORAL_MAX_FRAME_GAP and TEMPORAL_MAX_SEQUENCES must be >= 1")
+        self.motion_head = motion_head
+        self.temporal_fusion = temporal_fusion
+        self.temporal_max_frame_gap = int(temporal_max_frame_gap)
+        self.temporal_max_sequences = int(temporal_max_sequences)
+        self.temporal_flow_loss_weight = float(temporal_flow_loss_weight)
+        # inference state: sequence_id -> (frame_index, unrefined FPN features (C, h, w)), LRU order
+        self._temporal_state: "OrderedDict[str, Tuple[int, torch.Tensor]]" = OrderedDict()
+
     @classmethod
     def from_config(cls, cfg):
         node = cfg.MODEL.SEGDEP
@@ -281,7 +317,17 @@ class SegDep(nn.Module):
         thing_ids = ()
         if meta is not None and meta.get("thing_dataset_id_to_contiguous_id", None):
             thing_ids = tuple(meta.thing_dataset_id_to_contiguous_id.values())
+        temporal = {}
+        if node.TEMPORAL:
+            temporal = {
+                "motion_head": MotionHead(channels, node.TEMPORAL_CHANNELS),
+                "temporal_fusion": TemporalFusion(channels, node.TEMPORAL_CHANNELS),
+                "temporal_max_frame_gap": node.TEMPORAL_MAX_FRAME_GAP,
+                "temporal_max_sequences": node.TEMPORAL_MAX_SEQUENCES,
+                "temporal_flow_loss_weight": node.TEMPORAL_FLOW_LOSS_WEIGHT,
+            }
         return {
+            **temporal,
             "backbone": backbone,
             "neck": neck,
             "text_encoder": text_encoder,
@@ -369,13 +415,139 @@ class SegDep(nn.Module):
         embeddings = self.open_vocab_head(self.fusion(features, text))
         return embeddings, self.open_vocab_head.logits(embeddings, text)
 
+    # ---- temporal refinement ----
+    @property
+    def temporal(self) -> bool:
+        return self.motion_head is not None
+
+    def reset_temporal_state(self):
+        """Forget every sequence's previous frame (the next frame of each takes the plain path)."""
+        self._temporal_state.clear()
+
+    def train(self, mode: bool = True):
+        # features kept under other weights / another run must not be reused
+        self.reset_temporal_state()
+        return super().train(mode)
+
+    def temporal_refine(self, prev: torch.Tensor, cur: torch.Tensor):
+        """Previous and current FPN features (N, C, h, w) -> ``(fused, flow, gate)``: the flow (N, 2, h, w,
+        pixels of this resolution, current -> previous), the previous features warped by it and fused
+        with the current ones by the gate (N, 1, h, w)."""
+        prev = prev.to(cur.dtype)
+        flow = self.motion_head(prev, cur)
+        warped, valid = warp(prev, flow)
+        fused, gate = self.temporal_fusion(cur, warped.to(cur.dtype), valid)
+        return fused.to(cur.dtype), flow, gate
+
+    def _own_feature_size(self, image_size, padded_size, feature_size):
+        """The feature rows / columns of an image padded alone (to ``size_divisibility``): what the
+        state keeps, so that a frame batched with larger images still matches its sequence."""
+        d = self.size_divisibility
+        return tuple(
+            min(f, math.ceil(s / d) * d * f // p) for s, p, f in zip(image_size, padded_size, feature_size)
+        )
+
+    def _apply_temporal_state(self, features, batched_inputs, images):
+        """Inference: refine the features of each input that continues its sequence's stored frame,
+        then store every sequence input's unrefined features (in batch order, so that consecutive
+        frames in one batch chain)."""
+        out = features
+        padded_size = tuple(images.tensor.shape[-2:])
+        for i, x in enumerate(batched_inputs):
+            if x.get("sequence_id", None) is None or x.get("frame_index", None) is None:
+                continue
+            key, index = str(x["sequence_id"]), int(x["frame_index"])
+            rows, cols = self._own_feature_size(images.image_sizes[i], padded_size, features.shape[-2:])
+            cur = features[i:i + 1, :, :rows, :cols]
+            entry = self._temporal_state.get(key, None)
+            if entry is not None and 0 < index - entry[0] <= self.temporal_max_frame_gap and \
+                    tuple(entry[1].shape) == tuple(cur.shape[1:]):
+                fused = self.temporal_refine(entry[1][None], cur)[0]
+                if out is features:
+                    out = features.clone()
+                out[i, :, :rows, :cols] = fused[0]
+            self._temporal_state[key] = (index, cur[0].detach().clone())
+            self._temporal_state.move_to_end(key)
+            while len(self._temporal_state) > self.temporal_max_sequences:
+                self._temporal_state.popitem(last=False)
+        return out
+
+    def _temporal_train(self, features, batched_inputs, images):
+        """Training: refine the features of the inputs with ``prev_image``. Returns ``(features,
+        flow (R, 2, h, w) or None, rows)``."""
+        rows = [i for i, x in enumerate(batched_inputs) if x.get("prev_image", None) is not None]
+        if not rows:
+            return features, None, rows
+        prev = torch.zeros((len(rows), *images.tensor.shape[1:]), dtype=images.tensor.dtype, device=self.device)
+        for r, i in enumerate(rows):
+            image, prev_image = batched_inputs[i]["image"], batched_inputs[i]["prev_image"]
+            if tuple(prev_image.shape) != tuple(image.shape):
+                raise ValueError(
+                    f"prev_image {tuple(prev_image.shape)} must have the shape of image {tuple(image.shape)} "
+                    "(the previous frame under the same augmentation)"
+                )
+            h, w = image.shape[-2:]
+            prev[r, :, :h, :w] = (prev_image.to(self.device) - self.pixel_mean) / self.pixel_std
+        with torch.no_grad():  # as the stored state at test time
+            prev_features = self.features(prev)
+        fused, flow, _ = self.temporal_refine(prev_features, features[rows])
+        out = features.clone()
+        out[rows] = fused
+        return out, flow, rows
+
+    def temporal_flow_loss(self, flow, rows, batched_inputs, padded_size):
+        """L1 (pixels at the input size, summed over x and y, mean over valid pixels) between the
+        predicted flow (upsampled) and ``prev_flow`` (2, H, W) of the refined inputs, over
+        ``prev_flow_valid`` (H, W; default: finite) inside the image; an exact 0 (connected to the motion
+        head) without any ``prev_flow``."""
+        zero = sum(p.sum() for p in self.motion_head.parameters()) * 0.0
+        items = [
+            (r, batched_inputs[i]) for r, i in enumerate(rows) if batched_inputs[i].get("prev_flow", None) is not None
+        ]
+        if flow is None or not items:
+            return zero if flow is None else zero + flow.sum() * 0.0
+        picked = flow[[r for r, _ in items]].float()
+        h_low, w_low = picked.shape[-2:]
+        scale = torch.tensor([padded_size[1] / w_low, padded_size[0] / h_low], device=self.device).view(1, 2, 1, 1)
+        pred = _upsample(picked, padded_size) * scale
+        target = torch.zeros_like(pred)
+        valid = torch.zeros((len(items), *padded_size), dtype=torch.bool, device=self.device)
+        for k, (_, x) in enumerate(items):
+            gt = x["prev_flow"].to(self.device).float()
+            if gt.dim() != 3 or gt.shape[0] != 2 or tuple(gt.shape[-2:]) != tuple(x["image"].shape[-2:]):
+                raise ValueError(f"prev_flow {tuple(gt.shape)} must be (2, H, W) at the image's size")
+            h, w = gt.shape[-2:]
+            ok = torch.isfinite(gt).all(0)
+            if x.get("prev_flow_valid", None) is not None:
+                ok &= x["prev_flow_valid"].to(self.device).bool()
+            target[k, :, :h, :w] = torch.where(ok, gt, torch.zeros_like(gt))
+            valid[k, :h, :w] = ok
+        error = (pred - target).abs().sum(dim=1) * valid
+        return error.sum() / valid.sum().clamp(min=1) + zero
+
     def forward(self, batched_inputs):
         if self.training:
             images = self.preprocess_image(batched_inputs)
             features = self.features(images.tensor)
+            flow, rows = None, []
+            if self.temporal:
+                features, flow, rows = self._temporal_train(features, batched_inputs, images)
             size = images.tensor.shape[-2:]
             sem, depth = self.dense_outputs(features, size)
-            return self.losses(features, sem, depth, batched_inputs, size, images.image_sizes)
+            losses = self.losses(features, sem, depth, batched_inputs, size, images.image_sizes)
+            if self.temporal:
+                storage = _storage()
+                if storage is not None:
+                    storage.put_scalar("segdep/num_temporal_samples", len(rows), smoothing_hint=False)
+                if self.temporal_flow_loss_weight > 0:
+                    losses["loss_temporal_flow"] = (
+                        self.temporal_flow_loss(flow, rows, batched_inputs, size) * self.temporal_flow_loss_weight
+                    )
+                if not rows:
+                    # temporal modules unused in this batch: join the graph through an exact 0 (DDP)
+                    unused = list(self.motion_head.parameters()) + list(self.temporal_fusion.parameters())
+                    losses["loss_sem_seg"] = losses["loss_sem_seg"] + sum(p.sum() for p in unused) * 0.0
+            return losses
         encoding = self.encode_image(batched_inputs)
         open_vocab = self.open_vocab_inference(encoding.features, batched_inputs, encoding.padded_size)
         results = self.postprocess(encoding.sem_seg, encoding.depth, open_vocab, batched_inputs, encoding.image_sizes)
@@ -554,6 +726,8 @@ class SegDep(nn.Module):
         caller chooses ``torch.no_grad``); ``batched_inputs`` as :meth:`forward` takes them."""
         images = self.preprocess_image(batched_inputs)
         features = self.features(images.tensor)
+        if self.temporal and not self.training:
+            features = self._apply_temporal_state(features, batched_inputs, images)
         size = tuple(int(v) for v in images.tensor.shape[-2:])
         sem, depth = self.dense_outputs(features, size)
         output_sizes = [
