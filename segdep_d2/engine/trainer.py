@@ -2,6 +2,7 @@
 import contextlib
 import logging
 import os
+from collections.abc import Mapping
 
 import torch
 from detectron2.data import (
@@ -14,6 +15,7 @@ from detectron2.data import (
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import DatasetEvaluators
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
@@ -27,13 +29,14 @@ from ..evaluation import (
     LabelledSemSegEvaluator,
     OpenVocabEvaluator,
     PanopticDepthEvaluator,
+    ReferringEvaluator,
     VocabularyDataLoader,
 )
 from ..modeling.meta_arch import model_outputs
 
 __all__ = [
-    "SegDepTrainer", "build_evaluators", "label_counts", "open_vocab_evaluator", "register_config_datasets",
-    "training_dicts",
+    "SegDepTrainer", "answers_referring_queries", "build_evaluators", "label_counts", "open_vocab_evaluator",
+    "referring_record_count", "register_config_datasets", "training_dicts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +52,30 @@ def label_counts(records):
         "depth": sum("depth_file_name" in r for r in records),
         "panoptic": sum(has_panoptic(r) for r in records),
     }
+
+
+def referring_record_count(records):
+    """How many records carry referring ground truth: ``queries`` dicts (with ``instance_id``, as
+    :func:`segdep_d2.data.datasets.vkitti2.load_vkitti2_referring` writes them) and the
+    ``instance_file_name`` their target masks come from (what :class:`ReferringEvaluator` scores)."""
+    return sum(
+        bool(r.get("queries")) and all(isinstance(q, Mapping) for q in r["queries"]) and "instance_file_name" in r
+        for r in records
+    )
+
+
+def answers_referring_queries(cfg):
+    """Whether ``cfg.MODEL.META_ARCHITECTURE`` answers free-form ``queries`` with a ``referring`` output.
+
+    Decided from the class, not from ``OUTPUTS``: a meta-architecture answers queries when it lists
+    ``"referring"`` in ``OUTPUTS`` or implements the cached-answering protocol (``encode_image`` +
+    ``answer``, SegDep's). ``OUTPUTS`` drives the mapper's targets and the other evaluators, and
+    ``referring`` is an output only for inputs that carry ``queries``, so it is not required there.
+    """
+    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    if "referring" in model_outputs(cfg):
+        return True
+    return callable(getattr(arch, "encode_image", None)) and callable(getattr(arch, "answer", None))
 
 
 def register_config_datasets(cfg):
@@ -94,15 +121,21 @@ def build_evaluators(cfg, dataset_name, output_folder=None):
     """The evaluators the dataset's records call for: semantic (detectron2's SemSegEvaluator)
     where records carry ``sem_seg_file_name``, depth where they carry ``depth_file_name``,
     panoptic + depth-aware PQ where they carry panoptic labels, each only if the model produces
-    that output (``model_outputs``: no panoptic evaluator for HydraNet). A partly labelled dataset
-    is evaluated per label type on the records that have it; each result reports ``num_images``."""
+    that output (``model_outputs``: no panoptic evaluator for HydraNet), and referring segmentation +
+    distance (:class:`ReferringEvaluator`) where records carry referring ``queries`` with their
+    ``instance_file_name`` and the model answers queries (:func:`answers_referring_queries`; the test
+    loader's mapper passes each record's query dicts to the model, which reads their ``"text"``). A
+    partly labelled dataset is evaluated per label type on the records that have it; each result
+    reports ``num_images``."""
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     records = DatasetCatalog.get(dataset_name)
     counts = label_counts(records)
+    num_referring = referring_record_count(records)
     logger.info(
         f"Evaluating {dataset_name} ({len(records)} images): "
         + ", ".join(f"{n} with {kind} labels" for kind, n in counts.items())
+        + (f", {num_referring} with referring queries" if num_referring else "")
     )
     outputs = model_outputs(cfg)
     evaluators = []
@@ -125,7 +158,9 @@ def build_evaluators(cfg, dataset_name, output_folder=None):
                 dataset_name, output_dir=output_folder, thresholds=tuple(cfg.TEST.DEPTH.DPQ_THRESHOLDS)
             )
         )
-    if not evaluators and any(counts.values()):
+    if num_referring and answers_referring_queries(cfg):
+        evaluators.append(ReferringEvaluator(dataset_name, output_dir=output_folder))
+    if not evaluators and (any(counts.values()) or num_referring):
         raise ValueError(
             f"Dataset {dataset_name!r} has no ground truth for what {cfg.MODEL.META_ARCHITECTURE} predicts "
             f"({', '.join(outputs)}): its {len(records)} records carry "
@@ -180,6 +215,9 @@ class SegDepTrainer(DefaultTrainer):
         if "open_vocab_seg" in model_outputs(cfg) and label_counts(DatasetCatalog.get(dataset_name))["sem_seg"]:
             # the names OpenVocabEvaluator scores reach the model as each input's "class_names"
             loader = VocabularyDataLoader(loader, open_vocab_evaluator(cfg, dataset_name).queries)
+        # Referring records need no wrapping: the test-time mapper keeps a record's "queries" (the dicts,
+        # untouched) and SegDep reads each dict's "text"; ReferringEvaluator compares the texts of dicts or
+        # strings alike (queries_as_text). A model that answers no queries ignores them.
         return loader
 
     @classmethod
