@@ -43,6 +43,22 @@ onnxruntime_labels) and, at 480x640, the targets (<= 150 ms in the fastest runti
 onnxruntime_vs_eager >= 1.3).
 
     python tools/benchmark.py --model hydranet --height 480 --width 640 --output benchmarks/hydranet_mbv2_640x480_cpu.json
+
+``--model segdep`` (default config: VKITTI2, hrnet_w32 + the ViT-B-32 text tower, random weights;
+default size 256x512) times SegDep's full inference (``model(inputs)``: closed-set logits, depth,
+open-vocabulary scores for the input's ``class_names``, post-processing) with ``names19`` (Cityscapes'
+19 class names) and ``names100`` (those 19 + 81 VKITTI2 / COCO panoptic names), the text cache warm;
+``names100_cold`` (the cache emptied before every call: 100 names x the prompt templates encoded each
+time); ``separate``, the hand-stitched baseline (:class:`SeparateNetworks`: a segmentation network, a
+depth network and a CLIP-style open-vocabulary network, each with its own HRNet + FPN, the last with its
+own CLIP text tower); and, when the model has the referring head, ``queries1`` / ``queries20`` (the 19
+names plus 1 / 20 referring queries). It writes ``latency_ms``, ``latency_stats_ms``, ``median_ms``,
+``names100_vs_names19`` (target <= 1.3), ``cold_vs_warm_names100``, ``segdep_vs_separate`` (SegDep
+names19 / separate), ``queries20_vs_queries1`` (with the referring head), ``text_cache_hit_rate``
+(over the warm variants' calls), ``text_cache`` (lookups per variant), ``params`` (total, trainable),
+``targets``, ``notes``, the device and settings.
+
+    python tools/benchmark.py --model segdep --height 256 --width 512 --runs 15 --output benchmarks/segdep_256x512.json
 """
 import argparse
 import itertools
@@ -52,6 +68,7 @@ import platform
 import statistics
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -70,6 +87,7 @@ import segdep_d2  # noqa: E402,F401
 from segdep_d2 import add_segdep_config  # noqa: E402
 from segdep_d2.evaluation import segment_depths  # noqa: E402
 from segdep_d2.modeling import adapt_aspp_pooling, build_depth_head  # noqa: E402
+from segdep_d2.modeling.heads.depth_head import depth_from_logits  # noqa: E402
 
 # Interleaved repetitions by default. On a shared 2-thread CPU a 512x1024 forward of the R52 model
 # varies from run to run by tens of percent (other jobs come and go), more than the ~1.15x the
@@ -127,6 +145,9 @@ class BenchmarkFamily:
       profiler does not see what onnxruntime allocates);
     * ``default_size`` / ``extra_sizes``: ``--height``/``--width`` defaults and the sizes also
       measured in the same run unless ``--sizes`` is given; ``default_runs``: ``--runs`` default.
+
+    ``build``'s dict may hold entries that are not variants (SegDep: the model, its text-cache log),
+    for ``facts`` to read; only the names in ``variants`` are timed.
     """
 
     default_config: str  # relative to the repository root
@@ -397,6 +418,271 @@ register_benchmark(
         default_size=(480, 640),
         extra_sizes=((375, 1242),),
         default_runs=20,
+    ),
+)
+
+
+# ---- SegDep: vocabulary size, the text cache, and three separate networks ------------------------
+# Issue 12's target: 100 class names cost at most 1.3x 19 names once the text cache is warm.
+SEGDEP_TARGET_NAMES_RATIO = 1.3
+# Referring queries asked in the queries1 / queries20 variants (when the model answers queries): the
+# first one, then all twenty. Street-scene sentences of the kinds the referring data holds.
+SEGDEP_QUERIES = (
+    "the nearest car", "the car on the left", "the car on the right", "the farthest car",
+    "the van in front of us", "the truck on the right", "the second car from the left",
+    "the traffic light above the road", "the traffic sign on the right", "the pole closest to the camera",
+    "the tree on the left", "the building on the right", "the road ahead", "the sidewalk on the left",
+    "the person crossing the street", "the bicycle near the sidewalk", "the car more than 30 metres away",
+    "the van parked on the right", "the truck farthest away", "the sky above the buildings",
+)
+# SegDep's variants whose text cache is warm (text_cache_hit_rate is over their calls).
+SEGDEP_WARM_VARIANTS = ("names19", "names100", "queries1", "queries20")
+TEXT_CACHE_LOG = "text_cache_log"  # runners' entry holding every call's cache lookups (not a variant)
+
+
+def segdep_vocabularies(size_small=19, size_large=100):
+    """``{"names19": [...], "names100": [...]}``, deterministic: Cityscapes' 19 classes (detectron2's
+    builtin metadata), then the other VKITTI2 classes and COCO panoptic's things and stuff in COCO's
+    order, cleaned (``canonical_name``; COCO's ``-other`` / ``-merged`` / ``-stuff`` suffixes dropped)
+    and unique, up to ``size_large`` names. The 19 are the first 19 of the 100."""
+    import re
+
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES, _get_builtin_metadata
+
+    from segdep_d2.data.datasets.vkitti2_categories import VKITTI2_CATEGORIES
+    from segdep_d2.data.vocabularies import canonical_name
+
+    raw = (list(_get_builtin_metadata("cityscapes")["stuff_classes"]) + [c["name"] for c in VKITTI2_CATEGORIES]
+           + [re.sub(r"-(other|merged|stuff)\b", "", c["name"]) for c in COCO_CATEGORIES])
+    names = list(dict.fromkeys(canonical_name(n) for n in raw))
+    if len(names) < size_large:
+        raise ValueError(f"only {len(names)} distinct class names available, {size_large} asked for")
+    return {f"names{size_small}": names[:size_small], f"names{size_large}": names[:size_large]}
+
+
+def _upsample_to(x, size):
+    """Bilinear upsampling to ``size`` (as SegDep's own outputs are upsampled)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class SeparateNetworks(nn.Module):
+    """``--model segdep``'s baseline: what a user stitches by hand instead of SegDep, three networks
+    on the same input, each with an image encoder of its own (three backbones in all):
+
+    * a segmentation network: HRNet + the FPN (the same config as SegDep's) + a closed-set head;
+    * a depth network: a second HRNet + FPN + a depth head;
+    * a CLIP-style open-vocabulary network (LSeg-like): a third HRNet + FPN, pixel embeddings from its
+      own projection into the text space (:class:`OpenVocabHead`), scored against its own CLIP text
+      tower's class embeddings (a :class:`ClipTextEncoder` with its own prompt cache, warm). No
+      text-vision fusion: that is SegDep's addition, so the baseline does strictly less work there.
+
+    Every module is a copy of the SegDep model's (same architecture and weights, so the closed-set and
+    depth predictions are identical); the outputs then go through SegDep's own post-processing (crop /
+    resize, panoptic regions with per-segment depth, named segments with depth), so both sides produce
+    the same results and the difference in time is the architecture's.
+    """
+
+    def __init__(self, segdep):
+        super().__init__()
+        import copy
+
+        def encoder():
+            return nn.Sequential(copy.deepcopy(segdep.backbone), copy.deepcopy(segdep.neck))
+
+        self.seg_encoder, self.seg_head = encoder(), copy.deepcopy(segdep.sem_seg_head)
+        self.depth_encoder, self.depth_head = encoder(), copy.deepcopy(segdep.depth_head)
+        self.clip_encoder, self.clip_head = encoder(), copy.deepcopy(segdep.open_vocab_head)
+        self.text_encoder = copy.deepcopy(segdep.text_encoder)
+        self.__dict__["segdep"] = segdep  # pre- / post-processing only; not a submodule (no parameters)
+
+    def forward(self, batched_inputs):
+        segdep = self.__dict__["segdep"]
+        images = segdep.preprocess_image(batched_inputs)
+        x = images.tensor
+        size = x.shape[-2:]
+        sem = _upsample_to(self.seg_head(self.seg_encoder(x)), size)
+        depth = depth_from_logits(_upsample_to(self.depth_head(self.depth_encoder(x)), size),
+                                  segdep.depth_output_type, segdep.min_depth, segdep.max_depth)
+        pixels = self.clip_head(self.clip_encoder(x))
+        open_vocab = []
+        for i, inputs in enumerate(batched_inputs):
+            scores = OrderedDict()
+            for key, names in segdep._vocabularies(inputs).items():
+                text = self.text_encoder.class_embeddings(names).to(pixels.device)
+                scores[key] = _upsample_to(self.clip_head.logits(pixels[i:i + 1], text), size)[0]
+            open_vocab.append(scores)
+        return segdep.postprocess(sem, depth, open_vocab, batched_inputs, images.image_sizes)
+
+
+def _with_own_text_cache(model):
+    """``model`` with the same modules and weights, except a text encoder object whose prompt cache
+    (and its statistics) is its own (its text tower is the same module): clearing it before every
+    cold run leaves the warm variants' cache untouched."""
+    import copy
+
+    encoder = copy.copy(model.text_encoder)
+    encoder._cache = OrderedDict()
+    encoder.reset_cache_stats()
+    clone = copy.copy(model)
+    clone._modules = OrderedDict(model._modules)
+    clone.text_encoder = encoder
+    return clone
+
+
+def segdep_supports_queries(model):
+    """Whether this SegDep answers referring ``queries`` (the referring head)."""
+    return hasattr(model, "referring_head") and callable(getattr(model, "answer", None))
+
+
+def build_segdep_variants(cfg):
+    """One SegDep (random weights unless MODEL.WEIGHTS), full inference (``model(inputs)``: closed-set
+    logits, depth, open-vocabulary scores for the input's ``class_names`` and every post-processing
+    step) per variant:
+
+    * ``names19`` / ``names100``: with the 19 / 100 class names of :func:`segdep_vocabularies`, the
+      text cache warm (every prompt it needs was encoded before timing starts);
+    * ``names100_cold``: 100 names, the text cache emptied before each call, so each call encodes
+      100 names x the prompt templates (the same model and weights, a text encoder object with a cache
+      of its own: see :func:`_with_own_text_cache`);
+    * ``separate``: :class:`SeparateNetworks` with the 19 names (its text cache warm);
+    * ``queries1`` / ``queries20`` (only when the model has the referring head): the 19 names plus the
+      first 1 / all 20 of :data:`SEGDEP_QUERIES` (query embeddings cached, as names).
+
+    Every call's text-cache lookups (hits / misses, from ``ClipTextEncoder.cache_info``) are logged
+    under ``runners[TEXT_CACHE_LOG]`` for :func:`segdep_facts`.
+    """
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    if cfg.MODEL.WEIGHTS:
+        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    separate = SeparateNetworks(model).eval()
+    cold = _with_own_text_cache(model)
+    vocabularies = segdep_vocabularies()
+    log: Dict[str, List[Dict[str, int]]] = {}
+
+    def runner(name, network, encoder, extra, clear=False):
+        def run(inputs):
+            if clear:
+                encoder.clear_cache()
+            before = encoder.cache_info()
+            outputs = network([{**x, **extra} for x in inputs])
+            after = encoder.cache_info()
+            log.setdefault(name, []).append({k: after[k] - before[k] for k in ("hits", "misses")})
+            return outputs
+        return run
+
+    names19, names100 = vocabularies["names19"], vocabularies["names100"]
+    runners = {
+        "names19": runner("names19", model, model.text_encoder, {"class_names": names19}),
+        "names100": runner("names100", model, model.text_encoder, {"class_names": names100}),
+        "names100_cold": runner("names100_cold", cold, cold.text_encoder, {"class_names": names100}, clear=True),
+        "separate": runner("separate", separate, separate.text_encoder, {"class_names": names19}),
+    }
+    if segdep_supports_queries(model):
+        for q in (1, 20):
+            runners[f"queries{q}"] = runner(f"queries{q}", model, model.text_encoder,
+                                            {"class_names": names19, "queries": list(SEGDEP_QUERIES[:q])})
+    # Warm the caches: one call of every warm variant on a small image encodes every prompt (names,
+    # templates, the training vocabulary the referring head fuses with, the queries) it will need.
+    small = [{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "height": 64, "width": 64}]
+    with torch.no_grad():
+        for name, run in runners.items():
+            if name != "names100_cold":
+                run(small)
+    log.clear()
+    runners[TEXT_CACHE_LOG] = log
+    runners["segdep"], runners["separate_networks"] = model, separate  # for segdep_facts (not variants)
+    runners["vocabularies"] = vocabularies
+    return runners
+
+
+def _cache_summary(calls):
+    hits, misses = sum(c["hits"] for c in calls), sum(c["misses"] for c in calls)
+    return {"calls": len(calls), "hits": hits, "misses": misses,
+            "hit_rate": hits / (hits + misses) if hits + misses else 0.0}
+
+
+def segdep_facts(cfg, runners, height, width):
+    """Parameters (SegDep's, total and trainable, and the separate networks'), the text cache's
+    lookups per variant and ``text_cache_hit_rate`` over SegDep's warm variants (every call after
+    the caches were filled, warm-ups included), the names and queries asked."""
+    model, separate = runners["segdep"], runners["separate_networks"]
+    log = runners[TEXT_CACHE_LOG]
+    warm = [c for name in SEGDEP_WARM_VARIANTS for c in log.get(name, [])]
+    facts = {
+        "params": {"total": sum(p.numel() for p in model.parameters()),
+                   "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                   "text_encoder": sum(p.numel() for p in model.text_encoder.parameters())},
+        "separate_params": {"total": sum(p.numel() for p in separate.parameters())},
+        "text_cache": {name: _cache_summary(calls) for name, calls in log.items()},
+        "text_cache_hit_rate": _cache_summary(warm)["hit_rate"],
+        "class_names": dict(runners["vocabularies"]),
+        "prompt_templates": len(model.text_encoder.templates),
+    }
+    if "queries20" in runners:
+        facts["queries"] = list(SEGDEP_QUERIES)
+    return facts
+
+
+def segdep_summary(report, args, height, width):
+    """The keys other tools read: ``names100_vs_names19``, ``cold_vs_warm_names100``,
+    ``segdep_vs_separate`` (and ``queries20_vs_queries1`` with the referring head) as ratios of
+    medians (their paired spread under ``ratio_spread``), issue 12's target and notes."""
+    ratios = report["ratios"]
+    summary = {key: ratios[key] for key in ("names100_vs_names19", "cold_vs_warm_names100", "segdep_vs_separate",
+                                            "queries20_vs_queries1", "queries1_vs_names19") if key in ratios}
+    spread = report["ratio_spread"]["names100_vs_names19"]
+    summary["targets"] = {
+        "names100_vs_names19_max": SEGDEP_TARGET_NAMES_RATIO,
+        "names100_vs_names19_met": ratios["names100_vs_names19"] <= SEGDEP_TARGET_NAMES_RATIO,
+        # also within the target over most repetitions: the paired ratios' third quartile
+        "names100_vs_names19_paired_q3_met": spread["paired_q3"] <= SEGDEP_TARGET_NAMES_RATIO,
+        "note": "issue 12: 100 class names <= 1.3x 19 names, text cache warm (ratio of medians)",
+    }
+    names = {key: len(v) for key, v in report["class_names"].items()}
+    notes = [
+        f"names19 / names100: SegDep's full inference with {names['names19']} / {names['names100']} class names "
+        "(Cityscapes' 19, then VKITTI2 and COCO panoptic names), text cache warm; names100_cold: the cache "
+        f"emptied before every call ({names['names100']} names x {report['prompt_templates']} prompt templates "
+        "encoded each time)",
+        "separate: three networks on the same input, each with its own HRNet + FPN (SegDep's config): "
+        "segmentation head; depth head; CLIP-style pixel embeddings scored by its own CLIP text tower (cache "
+        "warm, no text-vision fusion), with the 19 names; SegDep's post-processing on the outputs",
+        f"text_cache_hit_rate {report['text_cache_hit_rate']:.3f}: lookups of SegDep's warm variants, every "
+        "call after the caches were filled (warm-ups included)",
+        f"target: names100_vs_names19 <= {SEGDEP_TARGET_NAMES_RATIO} "
+        + ("met" if summary["targets"]["names100_vs_names19_met"] else "NOT met")
+        + f" ({ratios['names100_vs_names19']:.3f})",
+    ]
+    if "queries20" in report["latency_ms"]:
+        notes.append("queries1 / queries20: names19 plus 1 / 20 referring queries (SEGDEP_QUERIES), "
+                     "query embeddings cached")
+    else:
+        notes.append("queries1 / queries20 not measured: this SegDep has no referring head")
+    summary["notes"] = notes
+    return summary
+
+
+register_benchmark(
+    "segdep",
+    BenchmarkFamily(
+        default_config="projects/SegDep/configs/VKITTI2-SegDep/segdep_hrnet32_vkitti2.yaml",
+        variants=("names19", "names100", "names100_cold", "separate", "queries1", "queries20"),
+        build=build_segdep_variants,
+        ratios={
+            "names100_vs_names19": ("names100", "names19"),
+            "cold_vs_warm_names100": ("names100_cold", "names100"),
+            "segdep_vs_separate": ("names19", "separate"),
+            "queries20_vs_queries1": ("queries20", "queries1"),
+            "queries1_vs_names19": ("queries1", "names19"),
+        },
+        compared_to_one=("cold_vs_warm_names100", "segdep_vs_separate"),
+        facts=segdep_facts,
+        summarize=segdep_summary,
+        memory_variants=("names19", "names100", "separate"),
+        default_size=(256, 512),
     ),
 )
 

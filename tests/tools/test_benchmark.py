@@ -262,3 +262,127 @@ def test_hydranet_targets_at_640x480(benchmark_tool):
     assert summary["fastest_runtime"] == "onnxruntime_labels" and summary["targets"]["fastest_median_ms_met"]
     assert summary["onnxruntime_vs_eager"] == pytest.approx(300.0 / 160.0)
     assert summary["onnxruntime_labels_vs_eager"] == pytest.approx(300.0 / 145.0)
+
+
+# ---- SegDep: 19 vs 100 class names, the text cache cold / warm, three separate networks -----------
+SEGDEP_CPU_CONFIG = os.path.join(REPO_ROOT, "projects/SegDep/configs/Synthetic-SegDep/segdep_hrnet18s_cpu.yaml")
+SEGDEP_CONFIG = "projects/SegDep/configs/VKITTI2-SegDep/segdep_hrnet32_vkitti2.yaml"
+BENCH_CLIP = "segdep-test-benchmark-tiny-clip"
+# A tiny text tower (width 64, 2 layers, CLIP's real vocabulary) and one prompt template, so that the
+# real 19 / 100 class names and 20 queries cost little to encode on a loaded CPU.
+SEGDEP_TINY = ["MODEL.SEGDEP.CLIP_MODEL", BENCH_CLIP, "MODEL.SEGDEP.PROMPT_TEMPLATES", "['a photo of a {}.']"]
+
+
+@pytest.fixture(scope="module")
+def bench_tiny_clip(tmp_path_factory):
+    open_clip = pytest.importorskip("open_clip")
+    folder = tmp_path_factory.mktemp("benchmark_open_clip_configs")
+    config = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    }
+    (folder / f"{BENCH_CLIP}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(str(folder))
+    return BENCH_CLIP
+
+
+def test_segdep_vocabularies(benchmark_tool):
+    from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
+
+    vocab = benchmark_tool.segdep_vocabularies()
+    assert set(vocab) == {"names19", "names100"}
+    assert vocab["names19"] == _get_builtin_metadata("cityscapes")["stuff_classes"]
+    assert len(vocab["names100"]) == len(set(vocab["names100"])) == 100
+    assert vocab["names100"][:19] == vocab["names19"]
+    assert vocab == benchmark_tool.segdep_vocabularies()  # deterministic
+    assert all(n == n.strip().lower() and "-" not in n and "_" not in n for n in vocab["names100"])
+
+
+def test_segdep_benchmark_writes_every_key(benchmark_tool, bench_tiny_clip, tmp_path):
+    """--model segdep, Synthetic CPU config at 64x96, 2 runs: every key, consistent with the recorded
+    latencies; the warm variants only hit the text cache, the cold one only misses."""
+    import statistics
+
+    out = tmp_path / "segdep.json"
+    report = benchmark_tool.main(["--model", "segdep", "--config", SEGDEP_CPU_CONFIG, "--height", "64", "--width", "96",
+                                  "--runs", "2", "--warmup", "1", "--threads", "1", "--device", "cpu",
+                                  "--output", str(out), *SEGDEP_TINY])
+    assert report == json.loads(out.read_text())
+    assert report["model"] == "segdep" and report["device"].startswith("cpu")
+    assert report["settings"]["config"] == os.path.relpath(SEGDEP_CPU_CONFIG, REPO_ROOT)
+    assert (report["settings"]["height"], report["settings"]["width"], report["settings"]["runs"]) == (64, 96, 2)
+    lat, med = report["latency_ms"], report["median_ms"]
+    queries = "queries20" in lat  # with the referring head
+    variants = {"names19", "names100", "names100_cold", "separate"} | ({"queries1", "queries20"} if queries else set())
+    assert set(lat) == variants
+    for name in variants:
+        assert len(lat[name]) == 2 and min(lat[name]) > 0
+        assert med[name] == report["latency_stats_ms"][name]["median"] == pytest.approx(statistics.median(lat[name]))
+        _check_spread(report["latency_stats_ms"][name], lat[name])
+    pairs = {"names100_vs_names19": ("names100", "names19"), "cold_vs_warm_names100": ("names100_cold", "names100"),
+             "segdep_vs_separate": ("names19", "separate")}
+    if queries:
+        pairs.update(queries20_vs_queries1=("queries20", "queries1"), queries1_vs_names19=("queries1", "names19"))
+    else:
+        assert "queries20_vs_queries1" not in report
+    for key, (num, den) in pairs.items():
+        assert report[key] == report["ratios"][key] == pytest.approx(med[num] / med[den]) and report[key] > 0
+        spread = report["ratio_spread"][key]
+        assert spread["paired"] == pytest.approx([a / b for a, b in zip(lat[num], lat[den])])
+    for key in ("cold_vs_warm_names100", "segdep_vs_separate"):  # claimed differences: checked against 1.0
+        assert isinstance(report["ratio_spread"][key]["spread_narrower_than_difference"], bool)
+    assert "spread_narrower_than_difference" not in report["ratio_spread"]["names100_vs_names19"]
+
+    # the text cache: warm variants hit only, the cold one misses every prompt (100 names x 1 template)
+    cache = report["text_cache"]
+    assert report["text_cache_hit_rate"] == 1.0
+    for name in ("names19", "names100", "separate", *(("queries1", "queries20") if queries else ())):
+        assert cache[name]["calls"] == 3 and cache[name]["misses"] == 0 and cache[name]["hits"] > 0
+    assert cache["names100"]["hits"] == 3 * 100 and cache["names19"]["hits"] == 3 * 19
+    assert cache["names100_cold"] == {"calls": 3, "hits": 0, "misses": 3 * 100, "hit_rate": 0.0}
+    assert report["prompt_templates"] == 1
+    assert [len(report["class_names"][k]) for k in ("names19", "names100")] == [19, 100]
+
+    params = report["params"]
+    assert params["total"] > params["trainable"] > 0
+    assert params["total"] - params["trainable"] >= params["text_encoder"] > 0  # the frozen text tower
+    assert report["separate_params"]["total"] > params["total"]  # three image encoders against one
+    targets = report["targets"]
+    assert targets["names100_vs_names19_max"] == 1.3
+    assert targets["names100_vs_names19_met"] is (report["names100_vs_names19"] <= 1.3)
+    assert targets["names100_vs_names19_paired_q3_met"] is (
+        report["ratio_spread"]["names100_vs_names19"]["paired_q3"] <= 1.3)
+    assert set(report["peak_memory_mb"]) == {"names19", "names100", "separate"}
+    assert any("separate" in n for n in report["notes"])
+
+
+def test_segdep_separate_networks_baseline(benchmark_tool, bench_tiny_clip):
+    """The baseline: three image encoders of its own (none shared with SegDep, none with each other)
+    and its own text tower; with SegDep's weights its closed-set logits and depth equal SegDep's."""
+    import torch
+
+    args = benchmark_tool.get_parser().parse_args(
+        ["--model", "segdep", "--config", SEGDEP_CPU_CONFIG, "--device", "cpu", "--output", "x", *SEGDEP_TINY])
+    runners = benchmark_tool.build_segdep_variants(benchmark_tool.setup_cfg(args))
+    model, separate = runners["segdep"], runners["separate_networks"]
+    storage = {p.data_ptr() for p in model.parameters()}
+    encoders = [separate.seg_encoder, separate.depth_encoder, separate.clip_encoder]
+    pointers = [{p.data_ptr() for p in e.parameters()} for e in encoders]
+    assert all(ptrs and not (ptrs & storage) for ptrs in pointers)
+    assert not (pointers[0] & pointers[1]) and not (pointers[1] & pointers[2]) and not (pointers[0] & pointers[2])
+    assert not {p.data_ptr() for p in separate.text_encoder.parameters()} & storage
+    assert separate.text_encoder is not model.text_encoder
+
+    inputs = benchmark_tool.make_inputs(args, 64, 96)
+    with torch.no_grad():
+        ours = runners["names19"](inputs)[0]
+        theirs = runners["separate"](inputs)[0]
+        cold = runners["names100_cold"](inputs)[0]
+    torch.testing.assert_close(theirs["sem_seg"], ours["sem_seg"])
+    torch.testing.assert_close(theirs["depth"], ours["depth"])
+    assert theirs["open_vocab_seg"].shape == ours["open_vocab_seg"].shape == (19, 64, 96)
+    assert cold["open_vocab_seg"].shape == (100, 64, 96)
+    # the cold variant's cache is its own: emptying it leaves SegDep's warm
+    assert model.text_encoder.cache_info()["size"] >= 100
+    assert runners[benchmark_tool.TEXT_CACHE_LOG]["names100_cold"][-1]["hits"] == 0
