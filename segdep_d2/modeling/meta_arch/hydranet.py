@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from ..heads.depth_head import check_depth_settings, depth_from_logits
 from ..heads.refinenet import HydraTaskHead, LightWeightRefineNetDecoder
 from ..losses import DEPTH_LOSSES, UncertaintyWeighting, masked_cross_entropy
+from .targets import batch_dense_targets
 
 __all__ = ["HydraNet"]
 
@@ -172,25 +173,10 @@ class HydraNet(nn.Module):
             return self.losses(sem, depth, batched_inputs, images.tensor.shape[-2:])
         return self.postprocess(sem, depth, batched_inputs, images.image_sizes)
 
-    def _targets(self, batched_inputs, padded_size):
-        """Batch the targets at the padded size; samples without a label type get 'unlabelled'."""
-        n = len(batched_inputs)
-        sem = torch.full((n, *padded_size), self.ignore_value, dtype=torch.long, device=self.device)
-        depth = torch.zeros((n, *padded_size), device=self.device)
-        valid = torch.zeros((n, *padded_size), dtype=torch.bool, device=self.device)
-        for i, x in enumerate(batched_inputs):
-            if "sem_seg" in x:
-                h, w = x["sem_seg"].shape[-2:]
-                sem[i, :h, :w] = x["sem_seg"].to(self.device)
-            if "depth" in x:
-                h, w = x["depth"].shape[-2:]
-                depth[i, :h, :w] = x["depth"].to(self.device)
-                mask = x["depth_valid"] if "depth_valid" in x else x["depth"] > 0
-                valid[i, :h, :w] = mask.to(self.device)
-        return sem, depth, valid
-
     def losses(self, sem_logits, depth, batched_inputs, padded_size) -> Dict[str, torch.Tensor]:
-        sem_target, depth_target, valid = self._targets(batched_inputs, padded_size)
+        sem_target, depth_target, valid = batch_dense_targets(
+            batched_inputs, padded_size, self.ignore_value, self.device
+        )
         sem_logits, depth = sem_logits.float(), depth[:, 0].float()  # losses in fp32 under AMP
         labelled = sem_target != self.ignore_value
         present = {"sem_seg": bool(labelled.any()), "depth": bool(valid.any())}

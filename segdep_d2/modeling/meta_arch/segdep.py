@@ -78,6 +78,7 @@ from ..losses import (
 )
 from ..text_encoder import ClipTextEncoder
 from .hydranet import _crop_and_resize, _storage
+from .targets import batch_dense_targets
 
 __all__ = ["SegDep", "SegDepImageEncoding"]
 
@@ -559,23 +560,6 @@ class SegDep(nn.Module):
         return results
 
     # ---- training ----
-    def _targets(self, batched_inputs, padded_size):
-        """Batch the targets at the padded size; samples without a label type get 'unlabelled'."""
-        n = len(batched_inputs)
-        sem = torch.full((n, *padded_size), self.ignore_value, dtype=torch.long, device=self.device)
-        depth = torch.zeros((n, *padded_size), device=self.device)
-        valid = torch.zeros((n, *padded_size), dtype=torch.bool, device=self.device)
-        for i, x in enumerate(batched_inputs):
-            if "sem_seg" in x:
-                h, w = x["sem_seg"].shape[-2:]
-                sem[i, :h, :w] = x["sem_seg"].to(self.device)
-            if "depth" in x:
-                h, w = x["depth"].shape[-2:]
-                depth[i, :h, :w] = x["depth"].to(self.device)
-                mask = x["depth_valid"] if "depth_valid" in x else x["depth"] > 0
-                valid[i, :h, :w] = mask.to(self.device)
-        return sem, depth, valid
-
     def _lookup(self, table, target):
         # labels outside the table (corrupt maps) would index out of range: count them as unlabelled
         inside = (target >= 0) & (target < table.numel())
@@ -585,7 +569,9 @@ class SegDep(nn.Module):
     def losses(
         self, features, sem_logits, depth, batched_inputs, padded_size, image_sizes=None
     ) -> Dict[str, torch.Tensor]:
-        sem_target, depth_target, valid = self._targets(batched_inputs, padded_size)
+        sem_target, depth_target, valid = batch_dense_targets(
+            batched_inputs, padded_size, self.ignore_value, self.device
+        )
         closed_target = self._lookup(self._closed_lut, sem_target)  # held-out classes -> ignore
         open_target = self._lookup(self._open_lut, sem_target)  # index in the training vocabulary
         text = self.text_embeddings(self.train_names)
