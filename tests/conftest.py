@@ -78,3 +78,26 @@ def teacher_weights(tmp_path_factory):
     torch.manual_seed(0)
     DetectionCheckpointer(build_model(cfg), save_dir=folder).save("teacher")
     return os.path.join(folder, "teacher.pth")
+
+
+# A tiny open_clip model config (CLIP's real tokenizer and vocabulary, a 2-layer 64-wide text tower):
+# SegDep tests build their text encoder from it in a fraction of a second.
+TINY_OPEN_CLIP = "segdep-test-tiny-clip"
+
+
+@pytest.fixture(scope="session")
+def tiny_open_clip(tmp_path_factory):
+    """Registers :data:`TINY_OPEN_CLIP` with open_clip (once per session) and returns its name."""
+    import json
+
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("open_clip_configs")
+    config = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    }
+    (folder / f"{TINY_OPEN_CLIP}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(str(folder))
+    return TINY_OPEN_CLIP

@@ -7,7 +7,6 @@ from collections.abc import Mapping
 import torch
 from detectron2.data import (
     DatasetCatalog,
-    MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
@@ -19,7 +18,6 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
-from detectron2.utils import comm
 
 from ..data import DepthPanopticDatasetMapper
 from ..data.label_io import has_panoptic

@@ -6,7 +6,6 @@ Fast: the CPU config (hrnet_w18_small) with a tiny open_clip text config registe
 64, 2 layers, CLIP's real vocabulary) instead of ViT-S-32-alt, on 64 x 64 images, one thread.
 """
 import glob
-import json
 import math
 import os
 import warnings
@@ -18,7 +17,6 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-open_clip = pytest.importorskip("open_clip")
 
 import segdep_d2  # noqa: E402,F401
 from segdep_d2 import add_segdep_config  # noqa: E402
@@ -34,7 +32,7 @@ ALL_CONFIGS = sorted(
     p for p in glob.glob(os.path.join(REPO, "projects/SegDep/configs/**/*.yaml"), recursive=True)
     if not os.path.basename(p).startswith("Base-")
 )
-TINY_CLIP = "segdep-test-segdep-tiny-clip"
+TINY_CLIP = "segdep-test-tiny-clip"
 TINY = ["MODEL.SEGDEP.CLIP_MODEL", TINY_CLIP, "MODEL.SEGDEP.PROMPT_TEMPLATES", "['a photo of a {}.']"]
 VKITTI2_NAMES = [
     "terrain", "sky", "tree", "vegetation", "building", "road", "guard rail", "traffic sign", "traffic light",
@@ -43,15 +41,8 @@ VKITTI2_NAMES = [
 
 
 @pytest.fixture(scope="module", autouse=True)
-def tiny_clip_config(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("segdep_open_clip_configs")
-    config = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-    }
-    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(str(folder))
+def tiny_clip_config(tiny_open_clip):
+    assert tiny_open_clip == TINY_CLIP  # registered once for the session (tests/conftest.py)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ features (equal to the full forward, backbone run once, Q queries in one batched
 Fast: the CPU config (hrnet_w18_small) with a tiny open_clip text config (width 64, 2 layers, embed_dim 32)
 on 64 x 64 images, one thread.
 """
-import json
 import math
 import os
 import warnings
@@ -22,7 +21,6 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from PIL import Image
 
-open_clip = pytest.importorskip("open_clip")
 
 import segdep_d2  # noqa: E402,F401
 from segdep_d2 import add_segdep_config  # noqa: E402
@@ -34,22 +32,15 @@ from segdep_d2.modeling.meta_arch.segdep import LOSS_NAMES, REFERRING_LOSS_NAMES
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CPU_CONFIG = os.path.join(REPO, "projects/SegDep/configs/Synthetic-SegDep/segdep_hrnet18s_cpu.yaml")
-TINY_CLIP = "segdep-test-referring-tiny-clip"
+TINY_CLIP = "segdep-test-tiny-clip"
 TINY = ["MODEL.SEGDEP.CLIP_MODEL", TINY_CLIP, "MODEL.SEGDEP.PROMPT_TEMPLATES", "['a photo of a {}.']"]
 QUERIES = ["the nearest car", "the van on the left"]
 REFERRING_KEYS = {f"loss_{n}" for n in REFERRING_LOSS_NAMES}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def tiny_clip_config(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("referring_open_clip_configs")
-    config = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-    }
-    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(str(folder))
+def tiny_clip_config(tiny_open_clip):
+    assert tiny_open_clip == TINY_CLIP  # registered once for the session (tests/conftest.py)
 
 
 @pytest.fixture(autouse=True)

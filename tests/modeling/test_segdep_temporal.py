@@ -8,7 +8,6 @@ images unchanged against TEMPORAL False with shared weights, and a training step
 Fast: the CPU config (hrnet_w18_small) with a tiny open_clip text config on 64 x 64 images, one thread.
 """
 import copy
-import json
 import os
 import warnings
 
@@ -18,7 +17,6 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-open_clip = pytest.importorskip("open_clip")
 
 import segdep_d2  # noqa: E402,F401
 from segdep_d2 import add_segdep_config  # noqa: E402
@@ -27,20 +25,13 @@ from segdep_d2.modeling.meta_arch.segdep import LOSS_NAMES  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CPU_CONFIG = os.path.join(REPO, "projects/SegDep/configs/Synthetic-SegDep/segdep_hrnet18s_cpu.yaml")
-TINY_CLIP = "segdep-test-temporal-tiny-clip"
+TINY_CLIP = "segdep-test-tiny-clip"
 TINY = ["MODEL.SEGDEP.CLIP_MODEL", TINY_CLIP, "MODEL.SEGDEP.PROMPT_TEMPLATES", "['a photo of a {}.']"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def tiny_clip_config(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("temporal_open_clip_configs")
-    config = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-    }
-    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(str(folder))
+def tiny_clip_config(tiny_open_clip):
+    assert tiny_open_clip == TINY_CLIP  # registered once for the session (tests/conftest.py)
 
 
 @pytest.fixture(autouse=True)

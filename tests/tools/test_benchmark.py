@@ -267,24 +267,15 @@ def test_hydranet_targets_at_640x480(benchmark_tool):
 # ---- SegDep: 19 vs 100 class names, the text cache cold / warm, three separate networks -----------
 SEGDEP_CPU_CONFIG = os.path.join(REPO_ROOT, "projects/SegDep/configs/Synthetic-SegDep/segdep_hrnet18s_cpu.yaml")
 SEGDEP_CONFIG = "projects/SegDep/configs/VKITTI2-SegDep/segdep_hrnet32_vkitti2.yaml"
-BENCH_CLIP = "segdep-test-benchmark-tiny-clip"
+BENCH_CLIP = "segdep-test-tiny-clip"  # tests/conftest.py tiny_open_clip
 # A tiny text tower (width 64, 2 layers, CLIP's real vocabulary) and one prompt template, so that the
 # real 19 / 100 class names and 20 queries cost little to encode on a loaded CPU.
 SEGDEP_TINY = ["MODEL.SEGDEP.CLIP_MODEL", BENCH_CLIP, "MODEL.SEGDEP.PROMPT_TEMPLATES", "['a photo of a {}.']"]
 
 
 @pytest.fixture(scope="module")
-def bench_tiny_clip(tmp_path_factory):
-    open_clip = pytest.importorskip("open_clip")
-    folder = tmp_path_factory.mktemp("benchmark_open_clip_configs")
-    config = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-    }
-    (folder / f"{BENCH_CLIP}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(str(folder))
-    return BENCH_CLIP
+def bench_tiny_clip(tiny_open_clip):
+    return tiny_open_clip  # tests/conftest.py
 
 
 def test_segdep_vocabularies(benchmark_tool):

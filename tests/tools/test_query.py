@@ -18,7 +18,6 @@ import torch
 from detectron2.config import get_cfg
 from PIL import Image
 
-open_clip = pytest.importorskip("open_clip")
 
 import segdep_d2  # noqa: E402,F401
 from segdep_d2 import add_segdep_config  # noqa: E402
@@ -29,7 +28,7 @@ from segdep_d2.engine.query import format_answer, format_class_answer  # noqa: E
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "projects/SegDep/configs/Synthetic-SegDep/segdep_hrnet18s_cpu.yaml")
 HYDRANET_CONFIG = os.path.join(REPO, "projects/HydraNet/configs/Synthetic-HydraNet/hydranet_mbv2_cpu.yaml")
-TINY_CLIP = "segdep-test-query-tiny-clip"
+TINY_CLIP = "segdep-test-tiny-clip"
 TRAIN, VAL = "test_query_referring_train", "test_query_referring_val"
 OPTS = [
     "MODEL.SEGDEP.CLIP_MODEL", TINY_CLIP, "MODEL.SEGDEP.PROMPT_TEMPLATES", "['a photo of a {}.']",
@@ -55,15 +54,8 @@ def tool():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def tiny_clip_config(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("query_open_clip_configs")
-    config = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-    }
-    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(str(folder))
+def tiny_clip_config(tiny_open_clip):
+    assert tiny_open_clip == TINY_CLIP  # registered once for the session (tests/conftest.py)
 
 
 @pytest.fixture(autouse=True)
