@@ -58,7 +58,6 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.structures import ImageList
 from torch import nn
 from torch.nn import functional as F
 
@@ -69,7 +68,6 @@ from ..heads.depth_head import check_depth_settings, depth_from_logits
 from ..heads.segdep_heads import OpenVocabHead, ReferringHead, SegDepTaskHead, TextVisionFusion
 from ..heads.temporal import MotionHead, TemporalFusion, warp
 from ..losses import (
-    DEPTH_LOSSES,
     boundary_aware_focal_loss,
     dice_loss,
     info_nce_alignment_loss,
@@ -77,7 +75,7 @@ from ..losses import (
     open_vocab_distillation_loss,
 )
 from ..text_encoder import ClipTextEncoder
-from .hydranet import _crop_and_resize, _storage
+from .hydranet import HydraNet, _crop_and_resize, _storage
 from .targets import batch_dense_targets
 
 __all__ = ["SegDep", "SegDepImageEncoding"]
@@ -392,9 +390,7 @@ class SegDep(nn.Module):
         return 1.0
 
     # ---- network ----
-    def preprocess_image(self, batched_inputs) -> ImageList:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, self.size_divisibility)
+    preprocess_image = HydraNet.preprocess_image  # normalise, pad to the size divisibility
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised, padded images (N, 3, H, W) -> the FPN's (N, C_fpn, H/4, W/4)."""
@@ -675,15 +671,9 @@ class SegDep(nn.Module):
             "referring_dice": dice_loss(logits, targets, valid),
         }, int(targets.shape[0])
 
-    def depth_loss(self, depth, target, valid):
-        """The configured depth losses over valid pixels; on depth / MAX_DEPTH for the sigmoid
-        parameterisation, in metres otherwise (as HydraNet)."""
-        if self.depth_output_type == "sigmoid":
-            depth, target = depth / self.max_depth, target / self.max_depth
-        return sum(
-            weight * DEPTH_LOSSES[name](depth, target, valid, **self.depth_loss_kwargs.get(name, {}))
-            for name, weight in self.depth_loss_terms
-        )
+    # The configured depth losses over valid pixels (on depth / MAX_DEPTH for the sigmoid output):
+    # the same settings attributes as HydraNet, so the same method.
+    depth_loss = HydraNet.depth_loss
 
     # ---- referring ----
     @staticmethod
