@@ -13,7 +13,9 @@ from torch.nn import functional as F
 
 from ..losses import DEPTH_LOSSES
 
-__all__ = ["DEPTH_HEAD_REGISTRY", "build_depth_head", "PanopticDepthLabDepthHead", "depth_from_logits"]
+__all__ = [
+    "DEPTH_HEAD_REGISTRY", "build_depth_head", "PanopticDepthLabDepthHead", "depth_from_logits", "init_depth_predictor",
+]
 
 DEPTH_HEAD_REGISTRY = Registry("DEPTH_HEAD")
 DEPTH_HEAD_REGISTRY.__doc__ = """Registry for depth decoders, which predict metric depth from backbone features."""
@@ -35,6 +37,15 @@ def check_depth_settings(output_type, losses, loss_weights):
 
 def build_depth_head(cfg, input_shape):
     return DEPTH_HEAD_REGISTRY.get(cfg.MODEL.DEPTH_HEAD.NAME)(cfg, input_shape)
+
+
+def init_depth_predictor(predictor, output_type, min_depth, max_depth, start_depth=10.0):
+    """Near-zero weights and a bias that makes the untrained output ``start_depth`` metres
+    everywhere: a plausible road-scene distance instead of the range's edge."""
+    start = min(max(start_depth, min_depth), max_depth)
+    bias = math.log(start) if output_type == "log" else math.log(start / (max_depth - start + 1e-6))
+    nn.init.normal_(predictor.weight, 0, 0.001)
+    nn.init.constant_(predictor.bias, bias)
 
 
 def depth_from_logits(x, output_type, min_depth, max_depth):
@@ -93,11 +104,7 @@ class PanopticDepthLabDepthHead(DeepLabV3PlusHead):
         weight_init.c2_xavier_fill(self.head[0])
         weight_init.c2_xavier_fill(self.head[1])
         self.predictor = Conv2d(head_channels, 1, kernel_size=1)
-        nn.init.normal_(self.predictor.weight, 0, 0.001)
-        # Start from a plausible road-scene distance instead of the range's edge.
-        start = min(max(10.0, min_depth), max_depth)
-        bias = math.log(start) if output_type == "log" else math.log(start / (max_depth - start + 1e-6))
-        nn.init.constant_(self.predictor.bias, bias)
+        init_depth_predictor(self.predictor, output_type, min_depth, max_depth)
 
     @classmethod
     def from_config(cls, cfg, input_shape):

@@ -5,7 +5,6 @@ Training mixes samples that carry only segmentation, only depth or both: each ta
 over the samples and pixels that carry its label, and a batch without any label of a type gives
 exactly 0 for it (still touching that head's weights, so DDP's gradient reduction stays in step).
 """
-import math
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -18,7 +17,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 from torch.nn import functional as F
 
-from ..heads.depth_head import check_depth_settings, depth_from_logits
+from ..heads.depth_head import check_depth_settings, depth_from_logits, init_depth_predictor
 from ..heads.refinenet import HydraTaskHead, LightWeightRefineNetDecoder
 from ..losses import DEPTH_LOSSES, UncertaintyWeighting, masked_cross_entropy
 from .targets import batch_dense_targets
@@ -104,11 +103,7 @@ class HydraNet(nn.Module):
             "berhu": {"threshold": berhu_threshold},
             "silog": {"variance_focus": silog_variance_focus},
         }
-        # Depth starts at a plausible distance instead of the range's edge (as PanopticDepthLab's head).
-        start = min(max(10.0, min_depth), max_depth)
-        bias = math.log(start) if depth_output_type == "log" else math.log(start / (max_depth - start + 1e-6))
-        nn.init.normal_(depth_head.predictor.weight, 0, 0.001)
-        nn.init.constant_(depth_head.predictor.bias, bias)
+        init_depth_predictor(depth_head.predictor, depth_output_type, min_depth, max_depth)
 
     @classmethod
     def from_config(cls, cfg):

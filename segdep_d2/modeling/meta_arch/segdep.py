@@ -64,7 +64,7 @@ from torch.nn import functional as F
 from ...data.vocabularies import canonical_name
 from ...evaluation.panoptic_depth_metrics import segment_depths
 from ..backbone.fpn_align import ScaleAlignmentFPN
-from ..heads.depth_head import check_depth_settings, depth_from_logits
+from ..heads.depth_head import check_depth_settings, depth_from_logits, init_depth_predictor
 from ..heads.segdep_heads import OpenVocabHead, ReferringHead, SegDepTaskHead, TextVisionFusion
 from ..heads.temporal import MotionHead, TemporalFusion, warp
 from ..losses import (
@@ -275,11 +275,7 @@ class SegDep(nn.Module):
             "berhu": {"threshold": berhu_threshold},
             "silog": {"variance_focus": silog_variance_focus},
         }
-        # Depth starts at a plausible distance instead of the range's edge (as HydraNet / PanopticDepthLab).
-        start = min(max(10.0, min_depth), max_depth)
-        bias = math.log(start) if depth_output_type == "log" else math.log(start / (max_depth - start + 1e-6))
-        nn.init.normal_(depth_head.predictor.weight, 0, 0.001)
-        nn.init.constant_(depth_head.predictor.bias, bias)
+        init_depth_predictor(depth_head.predictor, depth_output_type, min_depth, max_depth)
 
         self.thing_ids = {int(i) for i in thing_ids}
         self.label_divisor = int(label_divisor)
