@@ -49,6 +49,11 @@ def setup_cfg(config_file, opts=()):
     add_segdep_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        # detectron2's default device is cuda; on a CPU-only machine these inference tools run
+        # on the CPU instead of failing deep in torch.
+        logger.warning("MODEL.DEVICE is %s but CUDA is not available: running on the CPU", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
 

@@ -294,6 +294,9 @@ def export_onnx(model, cfg, height, width, path, dynamic=True, opset=ONNX_OPSET,
 #   reads C strided planes per pixel and onnxruntime's NCHW bilinear Resize does not vectorise
 #   over channels; the same Resize on the transposed low-resolution maps (NHWC) and ``ArgMax``
 #   over the last axis compute the same labels about 3x faster.
+# * ``separable_maxpool``: a KxK max-pool with stride 1 (Chained Residual Pooling's 5x5) is a 1xK
+#   max-pool followed by a Kx1 one (the maximum over a rectangle is the maximum of the row maxima;
+#   padded cells never win in either): 2K comparisons per output instead of K*K, bit-identical.
 NCHWC_CHANNEL_MULTIPLE = 16  # channel counts that fit onnxruntime's NCHWc blocks (8 on AVX2, 16 on AVX-512)
 CONV_TAPS = 16  # channels of the taps tensor in ``conv_taps`` (K*K*O rounded up to a block)
 
@@ -387,6 +390,20 @@ def rewrite_onnx_for_cpu(proto) -> Dict[str, int]:
                 replaced.add(node.input[1])
                 node.input[0], node.input[1] = mid, shift_name
                 applied["conv_taps"] = applied.get("conv_taps", 0) + 1
+        elif (node.op_type == "MaxPool" and len(node.output) == 1 and len(_attribute(node, "kernel_shape", [])) == 2
+              and _attribute(node, "kernel_shape")[0] == _attribute(node, "kernel_shape")[1] > 2
+              and all(v == 1 for v in _attribute(node, "strides", [1, 1]))
+              and all(v == 1 for v in _attribute(node, "dilations", [1, 1]))
+              and _attribute(node, "ceil_mode", 0) == 0 and _attribute(node, "storage_order", 0) == 0
+              and _attribute(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")):
+            k = _attribute(node, "kernel_shape")[0]
+            top, left, bottom, right = _attribute(node, "pads", [0, 0, 0, 0])
+            rows = fresh(node.output[0] + "/rows")
+            new_nodes.append(helper.make_node("MaxPool", [node.input[0]], [rows], name=fresh(node.name + "/rows"),
+                                              kernel_shape=[1, k], pads=[0, left, 0, right], strides=[1, 1]))
+            node = helper.make_node("MaxPool", [rows], list(node.output), name=node.name,
+                                    kernel_shape=[k, 1], pads=[top, 0, bottom, 0], strides=[1, 1])
+            applied["separable_maxpool"] = applied.get("separable_maxpool", 0) + 1
         elif node.op_type == "ArgMax" and _attribute(node, "axis", 0) == 1 and _attribute(node, "keepdims", 1) == 0 \
                 and _attribute(node, "select_last_index", 0) == 0:
             resize = producer.get(node.input[0])

@@ -196,7 +196,7 @@ def test_hydranet_benchmark_writes_every_key(benchmark_tool, tmp_path, monkeypat
     for size, sized in report["sizes"].items():
         lat = sized["latency_ms"]
         assert set(lat) == {"eager", "eager_nchw", "eager_channels_last", "onnxruntime", "onnxruntime_labels",
-                            "onnxruntime_plain"}  # no compile
+                            "onnxruntime_plain", "onnxruntime_deployed"}  # no compile
         assert all(len(v) == 2 and min(v) > 0 for v in lat.values())
         chosen = sized["chosen"]["eager"]
         assert lat["eager"] == lat[chosen]
@@ -209,18 +209,33 @@ def test_hydranet_benchmark_writes_every_key(benchmark_tool, tmp_path, monkeypat
             [a / b for a, b in zip(lat["eager"], lat["onnxruntime"])])
         for key, (num, den) in {"onnxruntime_labels_vs_eager": ("eager", "onnxruntime_labels"),
                                 "labels_vs_logits_onnxruntime": ("onnxruntime", "onnxruntime_labels"),
-                                "graph_rewrites_speedup": ("onnxruntime_plain", "onnxruntime")}.items():
+                                "graph_rewrites_speedup": ("onnxruntime_plain", "onnxruntime"),
+                                "onnxruntime_deployed_vs_eager": ("eager", "onnxruntime_deployed"),
+                                "spinning_speedup": ("onnxruntime_labels", "onnxruntime_deployed")}.items():
             assert sized["ratios"][key] == pytest.approx(statistics.median(lat[num]) / statistics.median(lat[den]))
         assert sized["onnxruntime_labels_vs_eager"] == sized["ratios"]["onnxruntime_labels_vs_eager"]
+        assert sized["onnxruntime_deployed_vs_eager"] == sized["ratios"]["onnxruntime_deployed_vs_eager"]
         assert sized["onnxruntime_settings"]["outputs"] == {"onnxruntime": "logits", "onnxruntime_labels": "labels",
-                                                            "onnxruntime_plain": "logits"}
+                                                            "onnxruntime_plain": "logits",
+                                                            "onnxruntime_deployed": "labels"}
         assert sized["onnxruntime_settings"]["graph_rewrites"]["onnxruntime_plain"] is False
+        assert sized["onnxruntime_settings"]["allow_spinning"] == {"onnxruntime": False, "onnxruntime_labels": False,
+                                                                   "onnxruntime_plain": False,
+                                                                   "onnxruntime_deployed": True}
         assert sized["params"] == params == 3_068_969
         assert sized["gflops"] > 0 and sized["gflops_paper_640x480"] == 6.5
         assert sized["compile"]["used"] is False and "no C++ compiler" in sized["compile"]["reason"]
         assert "compile" in sized["unavailable"] and "compile_vs_eager" not in sized["ratios"]
-        fastest = min(("eager", "onnxruntime", "onnxruntime_labels"), key=lambda k: statistics.median(lat[k]))
+        fastest = min(("eager", "onnxruntime", "onnxruntime_labels", "onnxruntime_deployed"),
+                      key=lambda k: statistics.median(lat[k]))
         assert sized["fastest_runtime"] == fastest
+        profile = sized["onnxruntime_profile"]  # onnxruntime's own profiler on the deployed file
+        assert sum(profile["share"].values()) == pytest.approx(1.0)
+        assert {"Conv /backbone", "Conv /decoder", "Conv /sem_seg_head", "MaxPool"} <= set(profile["share"])
+        assert list(profile["kernel_ms_per_run"].values()) == sorted(profile["kernel_ms_per_run"].values(), reverse=True)
+        stream = sized["stream"]  # the fastest runtime again, frame after frame
+        assert stream["runtime"] == fastest and len(stream["latency_ms"]) == 2 and min(stream["latency_ms"]) > 0
+        assert stream["median"] == pytest.approx(statistics.median(stream["latency_ms"]))
         assert set(sized["peak_memory_mb"]) == {"eager_nchw", "eager_channels_last"}
         assert "targets" not in sized  # targets are for 480x640
     # both sizes pad to 64x96: the same network, the same FLOPs
@@ -262,6 +277,15 @@ def test_hydranet_targets_at_640x480(benchmark_tool):
     assert summary["fastest_runtime"] == "onnxruntime_labels" and summary["targets"]["fastest_median_ms_met"]
     assert summary["onnxruntime_vs_eager"] == pytest.approx(300.0 / 160.0)
     assert summary["onnxruntime_labels_vs_eager"] == pytest.approx(300.0 / 145.0)
+    # the streamed figure (frame after frame) is judged against the same 150 ms, beside the interleaved one
+    report["median_ms"]["onnxruntime_labels"] = 155.0
+    report["stream"] = {"runtime": "onnxruntime_labels", "latency_ms": [149.0, 147.0, 160.0], "median": 149.0}
+    summary = benchmark_tool.hydranet_summary(report, None, 480, 640)
+    assert not summary["targets"]["fastest_median_ms_met"] and summary["targets"]["stream_median_ms_met"]
+    assert summary["targets"]["stream_median_ms"] == 149.0
+    assert summary["targets"]["stream_runtime"] == "onnxruntime_labels"
+    assert any("interleaved NOT met; streamed (onnxruntime_labels, frame after frame): 149.0 ms, met" in n
+               for n in summary["notes"])
 
 
 # ---- SegDep: 19 vs 100 class names, the text cache cold / warm, three separate networks -----------

@@ -256,7 +256,8 @@ def test_hydranet_labels_onnx_matches_the_eager_argmax(tool, hydranet_labels_onn
     assert info["parity"]["45x77"]["output_shape"] == [1, 64, 96]  # padded size, no channel axis
     assert "max_abs_diff_sem_seg_logits" not in info["parity"]["45x77"]
     assert info["max_abs_diff_depth"] <= 1e-3 and info["argmax_agreement"] >= 0.999 and info["parity_ok"]
-    assert info["onnx"]["graph_rewrites"] == {"relu6_nchwc": 4, "conv_taps": 1, "nhwc_argmax": 1}
+    assert info["onnx"]["graph_rewrites"] == {"relu6_nchwc": 4, "conv_taps": 1, "nhwc_argmax": 1,
+                                              "separable_maxpool": 16}
 
     path = str(out / "model.onnx")
     proto = onnx.load(path)
@@ -297,7 +298,8 @@ def test_graph_rewrites_change_layout_not_results(tool, hydranet_onnx, hydranet_
     import onnxruntime as ort
 
     out, info = hydranet_onnx
-    assert info["onnx"]["graph_rewrites"] == {"relu6_nchwc": 4, "conv_taps": 1}  # logits: no ArgMax to move
+    # logits: no ArgMax to move; CRP's 16 5x5 max-pools (4 blocks of 4) split into 1x5 + 5x1
+    assert info["onnx"]["graph_rewrites"] == {"relu6_nchwc": 4, "conv_taps": 1, "separable_maxpool": 16}
     plain = tool.main(["--config-file", HYDRANET_CONFIG, "--format", "onnx", "--no-graph-rewrites",
                        "--height", str(HH), "--width", str(HW), "--check-size", f"{CHECK[0]}x{CHECK[1]}",
                        "--output", str(tmp_path), "MODEL.WEIGHTS", hydranet_weights, "MODEL.DEVICE", "cpu"])
@@ -319,7 +321,8 @@ def test_graph_rewrites_change_layout_not_results(tool, hydranet_onnx, hydranet_
 
 def test_rewrite_onnx_for_cpu_on_a_small_graph(tmp_path):
     """Each rewrite on a hand-made network: a ReLU6 after an Add, a 3x3 conv to one channel, an
-    argmax over a bilinear upsampling; onnxruntime gives the same outputs before and after."""
+    argmax over a bilinear upsampling, a padded 5x5 stride-1 max-pool (a strided one
+    stays); onnxruntime gives the same outputs before and after (the max-pools bit for bit)."""
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -338,15 +341,21 @@ def test_rewrite_onnx_for_cpu_on_a_small_graph(tmp_path):
         def forward(self, x):
             y = F.relu6(self.a(x) + self.b(x))
             labels = F.interpolate(self.classes(y), scale_factor=4, mode="bilinear", align_corners=False).argmax(1)
-            return self.one(y), labels
+            pooled = F.max_pool2d(F.pad(y, (2, 1, 0, 2), value=float("-inf")), 5, stride=1, padding=1)
+            return self.one(y), labels, pooled, F.max_pool2d(y, 3, stride=2, padding=1)
 
     torch.manual_seed(0)
     path = str(tmp_path / "small.onnx")
     torch.onnx.export(Small().eval(), (torch.randn(1, 3, 8, 12),), path, dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["one", "labels"],
-                      dynamic_axes={"x": {2: "h", 3: "w"}, "one": {2: "h", 3: "w"}, "labels": {1: "H", 2: "W"}})
+                      input_names=["x"], output_names=["one", "labels", "pooled", "strided"],
+                      dynamic_axes={"x": {2: "h", 3: "w"}, "one": {2: "h", 3: "w"}, "labels": {1: "H", 2: "W"},
+                                    "pooled": {2: "ph", 3: "pw"}, "strided": {2: "sh", 3: "sw"}})
     proto = onnx.load(path)
-    assert rewrite_onnx_for_cpu(proto) == {"relu6_nchwc": 1, "conv_taps": 1, "nhwc_argmax": 1}
+    assert rewrite_onnx_for_cpu(proto) == {"relu6_nchwc": 1, "conv_taps": 1, "nhwc_argmax": 1,
+                                           "separable_maxpool": 1}
+    pools = [[list(a.ints) for a in n.attribute if a.name in ("kernel_shape", "strides")]
+             for n in proto.graph.node if n.op_type == "MaxPool"]
+    assert sorted(pools) == [[[1, 5], [1, 1]], [[3, 3], [2, 2]], [[5, 1], [1, 1]]]
     onnx.checker.check_model(proto)
     rewritten = str(tmp_path / "rewritten.onnx")
     onnx.save(proto, rewritten)
@@ -355,6 +364,9 @@ def test_rewrite_onnx_for_cpu_on_a_small_graph(tmp_path):
                      for p in (path, rewritten))
     np.testing.assert_allclose(after[0], before[0], rtol=1e-5, atol=1e-6)
     assert after[1].shape == (1, 40, 56) and (after[1] == before[1]).mean() >= 0.999
+    assert after[2].shape == before[2].shape == (1, 16, 10, 15)
+    np.testing.assert_array_equal(after[2], before[2])
+    np.testing.assert_array_equal(after[3], before[3])
 
 
 def test_labels_output_is_hydranet_only(tool, tmp_path):
