@@ -55,10 +55,12 @@ open-vocabulary scores for the input's ``class_names``, post-processing) with ``
 ``names100_cold`` (the cache emptied before every call: 100 names x the prompt templates encoded each
 time); ``separate``, the hand-stitched baseline (:class:`SeparateNetworks`: a segmentation network, a
 depth network and a CLIP-style open-vocabulary network, each with its own HRNet + FPN, the last with its
-own CLIP text tower); and, when the model has the referring head, ``queries1`` / ``queries20`` (the 19
-names plus 1 / 20 referring queries). It writes ``latency_ms``, ``latency_stats_ms``, ``median_ms``,
-``names100_vs_names19`` (target <= 1.3), ``cold_vs_warm_names100``, ``segdep_vs_separate`` (SegDep
-names19 / separate), ``queries20_vs_queries1`` (with the referring head), ``text_cache_hit_rate``
+own CLIP text tower); ``names19_motion`` (with the motion module, consecutive frames of one sequence:
+flow, warp and gated fusion on every call); and, when the model has the referring head, ``queries1`` /
+``queries20`` (the 19 names plus 1 / 20 referring queries). It writes ``latency_ms``,
+``latency_stats_ms``, ``median_ms``, ``names100_vs_names19`` (target <= 1.3), ``cold_vs_warm_names100``,
+``segdep_vs_separate`` (SegDep names19 / separate), ``motion_vs_plain`` (names19_motion / names19),
+``motion_module_params``, ``queries20_vs_queries1`` (with the referring head), ``text_cache_hit_rate``
 (over the warm variants' calls), ``text_cache`` (lookups per variant), ``params`` (total, trainable),
 ``targets``, ``notes``, the device and settings.
 
@@ -518,7 +520,7 @@ SEGDEP_QUERIES = (
     "the van parked on the right", "the truck farthest away", "the sky above the buildings",
 )
 # SegDep's variants whose text cache is warm (text_cache_hit_rate is over their calls).
-SEGDEP_WARM_VARIANTS = ("names19", "names100", "queries1", "queries20")
+SEGDEP_WARM_VARIANTS = ("names19", "names100", "queries1", "queries20", "names19_motion")
 TEXT_CACHE_LOG = "text_cache_log"  # runners' entry holding every call's cache lookups (not a variant)
 
 
@@ -630,7 +632,12 @@ def build_segdep_variants(cfg):
       of its own: see :func:`_with_own_text_cache`);
     * ``separate``: :class:`SeparateNetworks` with the 19 names (its text cache warm);
     * ``queries1`` / ``queries20`` (only when the model has the referring head): the 19 names plus the
-      first 1 / all 20 of :data:`SEGDEP_QUERIES` (query embeddings cached, as names).
+      first 1 / all 20 of :data:`SEGDEP_QUERIES` (query embeddings cached, as names);
+    * ``names19_motion``: the same model with the motion module (``MODEL.SEGDEP.TEMPORAL``; the
+      config's own when it has one, else one built from this config with it switched on and every
+      shared weight copied), 19 names, each call the next frame of one sequence, so every timed
+      call estimates the flow from the stored previous frame, warps and fuses (see
+      :func:`_with_motion_module`).
 
     Every call's text-cache lookups (hits / misses, from ``ClipTextEncoder.cache_info``) are logged
     under ``runners[TEXT_CACHE_LOG]`` for :func:`segdep_facts`.
@@ -662,6 +669,10 @@ def build_segdep_variants(cfg):
         "names100_cold": runner("names100_cold", cold, cold.text_encoder, {"class_names": names100}, clear=True),
         "separate": runner("separate", separate, separate.text_encoder, {"class_names": names19}),
     }
+    motion = _with_motion_module(cfg, model)
+    frames = itertools.count()
+    run_motion = runner("names19_motion", motion, motion.text_encoder, {"class_names": names19, "sequence_id": "bench"})
+    runners["names19_motion"] = lambda inputs: run_motion([{**x, "frame_index": next(frames)} for x in inputs])
     if segdep_supports_queries(model):
         for q in (1, 20):
             runners[f"queries{q}"] = runner(f"queries{q}", model, model.text_encoder,
@@ -674,10 +685,33 @@ def build_segdep_variants(cfg):
             if name != "names100_cold":
                 run(small)
     log.clear()
+    motion.reset_temporal_state()  # the warm-up frame was another size: the first timed warm-up stores one
     runners[TEXT_CACHE_LOG] = log
     runners["segdep"], runners["separate_networks"] = model, separate  # for segdep_facts (not variants)
+    runners["segdep_motion"] = motion
+    refined = runners["motion_refinements"] = []  # one entry per motion-head call (a refined frame)
+    motion.motion_head.register_forward_hook(lambda *_: refined.append(1))
     runners["vocabularies"] = vocabularies
     return runners
+
+
+def _with_motion_module(cfg, model):
+    """SegDep with the motion module: ``model`` itself when its config has ``MODEL.SEGDEP.TEMPORAL``,
+    else a model built from ``cfg`` with it switched on, carrying every weight the two share (the
+    motion head and gate keep their initialisation), in eval mode with an empty sequence state."""
+    if model.temporal:
+        return model
+    motion_cfg = cfg.clone()
+    motion_cfg.defrost()
+    motion_cfg.MODEL.SEGDEP.TEMPORAL = True
+    torch.manual_seed(0)
+    motion = build_model(motion_cfg).eval()
+    missing, unexpected = motion.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.startswith(("motion_head.", "temporal_fusion.")) for k in missing):
+        raise RuntimeError(f"the motion-module model does not share SegDep's weights: missing {missing}, "
+                           f"unexpected {unexpected}")
+    motion.text_encoder = model.text_encoder  # one text tower and cache (warm for names19)
+    return motion
 
 
 def _cache_summary(calls):
@@ -705,6 +739,11 @@ def segdep_facts(cfg, runners, height, width):
     }
     if "queries20" in runners:
         facts["queries"] = list(SEGDEP_QUERIES)
+    motion = runners["segdep_motion"]
+    facts["motion_calls"] = _cache_summary(log.get("names19_motion", []))["calls"]
+    facts["motion_refined_calls"] = len(runners["motion_refinements"])  # every call but the first warm-up
+    facts["motion_module_params"] = sum(p.numel() for name, p in motion.named_parameters()
+                                        if name.startswith(("motion_head.", "temporal_fusion.")))
     return facts
 
 
@@ -714,7 +753,8 @@ def segdep_summary(report, args, height, width):
     medians (their paired spread under ``ratio_spread``), issue 12's target and notes."""
     ratios = report["ratios"]
     summary = {key: ratios[key] for key in ("names100_vs_names19", "cold_vs_warm_names100", "segdep_vs_separate",
-                                            "queries20_vs_queries1", "queries1_vs_names19") if key in ratios}
+                                            "queries20_vs_queries1", "queries1_vs_names19", "motion_vs_plain")
+               if key in ratios}
     spread = report["ratio_spread"]["names100_vs_names19"]
     summary["targets"] = {
         "names100_vs_names19_max": SEGDEP_TARGET_NAMES_RATIO,
@@ -738,6 +778,9 @@ def segdep_summary(report, args, height, width):
         + ("met" if summary["targets"]["names100_vs_names19_met"] else "NOT met")
         + f" ({ratios['names100_vs_names19']:.3f})",
     ]
+    notes.append(f"names19_motion: names19 with the motion module ({report['motion_module_params']} parameters: "
+                 "flow from the previous frame's features, warp, gated fusion), consecutive frames of one sequence; "
+                 "motion_vs_plain = names19_motion / names19")
     if "queries20" in report["latency_ms"]:
         notes.append("queries1 / queries20: names19 plus 1 / 20 referring queries (SEGDEP_QUERIES), "
                      "query embeddings cached")
@@ -751,9 +794,10 @@ register_benchmark(
     "segdep",
     BenchmarkFamily(
         default_config="projects/SegDep/configs/VKITTI2-SegDep/segdep_hrnet32_vkitti2.yaml",
-        variants=("names19", "names100", "names100_cold", "separate", "queries1", "queries20"),
+        variants=("names19", "names100", "names100_cold", "separate", "queries1", "queries20", "names19_motion"),
         build=build_segdep_variants,
         ratios={
+            "motion_vs_plain": ("names19_motion", "names19"),
             "names100_vs_names19": ("names100", "names19"),
             "cold_vs_warm_names100": ("names100_cold", "names100"),
             "segdep_vs_separate": ("names19", "separate"),

@@ -318,3 +318,13 @@ def test_optimizer_param_groups(model):
     assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(
         1 for n, p in model.named_parameters() if p.requires_grad
     )
+
+
+def test_class_map_is_argmax_with_first_index_on_ties():
+    from segdep_d2.modeling.meta_arch.segdep import class_map
+
+    scores = torch.randn(19, 7, 9, generator=torch.Generator().manual_seed(0))
+    scores[4, 2, 3] = scores[11, 2, 3] = 50.0  # a tie: the first class wins, as argmax
+    labels = class_map(scores)
+    assert labels.dtype == torch.int64 and labels.shape == (7, 9)
+    assert torch.equal(labels, scores.argmax(dim=0)) and int(labels[2, 3]) == 4

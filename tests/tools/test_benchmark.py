@@ -329,14 +329,15 @@ def test_segdep_benchmark_writes_every_key(benchmark_tool, bench_tiny_clip, tmp_
     assert (report["settings"]["height"], report["settings"]["width"], report["settings"]["runs"]) == (64, 96, 2)
     lat, med = report["latency_ms"], report["median_ms"]
     queries = "queries20" in lat  # with the referring head
-    variants = {"names19", "names100", "names100_cold", "separate"} | ({"queries1", "queries20"} if queries else set())
+    variants = {"names19", "names100", "names100_cold", "separate", "names19_motion"} | (
+        {"queries1", "queries20"} if queries else set())
     assert set(lat) == variants
     for name in variants:
         assert len(lat[name]) == 2 and min(lat[name]) > 0
         assert med[name] == report["latency_stats_ms"][name]["median"] == pytest.approx(statistics.median(lat[name]))
         _check_spread(report["latency_stats_ms"][name], lat[name])
     pairs = {"names100_vs_names19": ("names100", "names19"), "cold_vs_warm_names100": ("names100_cold", "names100"),
-             "segdep_vs_separate": ("names19", "separate")}
+             "segdep_vs_separate": ("names19", "separate"), "motion_vs_plain": ("names19_motion", "names19")}
     if queries:
         pairs.update(queries20_vs_queries1=("queries20", "queries1"), queries1_vs_names19=("queries1", "names19"))
     else:
@@ -368,6 +369,9 @@ def test_segdep_benchmark_writes_every_key(benchmark_tool, bench_tiny_clip, tmp_
     assert targets["names100_vs_names19_met"] is (report["names100_vs_names19"] <= 1.3)
     assert targets["names100_vs_names19_paired_q3_met"] is (
         report["ratio_spread"]["names100_vs_names19"]["paired_q3"] <= 1.3)
+    # the motion module ran on every frame after the first (warm-up) one of its sequence
+    assert report["motion_calls"] == 3 and report["motion_refined_calls"] == 2
+    assert report["motion_module_params"] > 0 and cache["names19_motion"]["misses"] == 0
     assert set(report["peak_memory_mb"]) == {"names19", "names100", "separate"}
     assert any("separate" in n for n in report["notes"])
 

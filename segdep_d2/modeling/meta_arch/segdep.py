@@ -45,6 +45,8 @@ different image size) takes the plain path, and every input with the keys become
 with ``prev_image`` (the previous frame, uint8 like ``image``, same size and augmentation) is refined with
 that frame's features (computed without gradient, as the state is at test time); the optional
 ``loss_temporal_flow`` supervises the flow with ``prev_flow`` (current -> previous, VKITTI2 backward flow).
+:class:`DepthPanopticDatasetMapper` delivers these keys when ``TEMPORAL`` is on, from a record's
+``prev_file_name`` / ``prev_flow_file_name`` (VKITTI2 records carry them, see ``load_vkitti2``).
 """
 import dataclasses
 import math
@@ -90,6 +92,13 @@ def _upsample(x, size):
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def class_map(scores: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) scores -> (H, W) int64 index of the highest (the first one on ties, as ``argmax``).
+    ``max(dim=0).indices`` because torch's CPU ``argmax`` over the leading axis of a (C, H, W) tensor
+    is several times slower, and it runs on every full-resolution output."""
+    return scores.max(dim=0).indices
 
 
 @META_ARCH_REGISTRY.register()
@@ -828,7 +837,7 @@ class SegDep(nn.Module):
             width = x.get("width", image_size[1])
             r = _crop_and_resize(sem, image_size, height, width)
             d = _crop_and_resize(depth, image_size, height, width)[0]
-            result = {"sem_seg": r, "depth": d, "panoptic_seg": self.panoptic_regions(r.argmax(dim=0), d)}
+            result = {"sem_seg": r, "depth": d, "panoptic_seg": self.panoptic_regions(class_map(r), d)}
             vocabularies = self._vocabularies(x)
             scores = {key: _crop_and_resize(v, image_size, height, width) for key, v in open_vocab.items()}
             segments = {key: self.named_segments(scores[key], vocabularies[key], d) for key in scores}
@@ -874,7 +883,7 @@ class SegDep(nn.Module):
     def named_segments(self, scores: torch.Tensor, names: Sequence[str], depth: torch.Tensor):
         """Open-vocab scores (C', H, W) -> one entry per name whose argmax region is not empty, with
         its area and depth (mean / median over the region, metres)."""
-        stats = segment_depths(scores.argmax(dim=0).detach().cpu(), depth.detach().float().cpu(), void_ids=())
+        stats = segment_depths(class_map(scores).detach().cpu(), depth.detach().float().cpu(), void_ids=())
         lo, hi = self.depth_range
         return [
             {
