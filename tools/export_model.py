@@ -28,7 +28,7 @@ normalisation and the network; input (1, 3, H, W) float pixels in ``cfg.INPUT.FO
 HydraNet's ONNX file gets exact graph rewrites for onnxruntime's CPU kernels
 (``segdep_d2.modeling.export.rewrite_onnx_for_cpu``: the decoder stays in onnxruntime's blocked
 layout, the 1-channel depth predictor is not padded to 8 outputs, the labels' upsampling and
-argmax run channels-last); ``export.json`` lists them under ``onnx.graph_rewrites``, and
+argmax run channels-last, the 5x5 max-pools are split into 1x5 + 5x1); ``export.json`` lists them under ``onnx.graph_rewrites``, and
 ``--no-graph-rewrites`` writes the plain torch.onnx graph.
 
 For ONNX the check runs onnxruntime (the file as written) against PyTorch eager at the export

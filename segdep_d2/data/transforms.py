@@ -1,11 +1,14 @@
 """Depth-aware augmentation: image, labels and depth share one random draw.
 
 detectron2's ``T.AugInput`` / ``AugmentationList`` draws the random parameters once and returns the
-resulting ``TransformList``; depth is pushed through that same list with :func:`transform_depth`.
+resulting ``TransformList``; depth is pushed through that same list with :func:`transform_depth`, and
+optical flow (a vector field) with :func:`transform_flow`.
 """
+from typing import Optional, Tuple
+
 import numpy as np
 from detectron2.data import transforms as T
-from fvcore.transforms.transform import PadTransform
+from fvcore.transforms.transform import BlendTransform, PadTransform, ScaleTransform
 
 
 def build_augmentations(cfg, is_train):
@@ -53,3 +56,65 @@ def transform_depth(transforms: T.Transform, depth: np.ndarray) -> np.ndarray:
     if as_bytes.ndim != 3 or as_bytes.shape[2] != 4:
         raise ValueError(f"{transforms} changed the depth byte layout to {as_bytes.shape}")
     return as_bytes.view(np.float32)[..., 0]
+
+
+# Transforms that move whole pixels (or only change colours) without changing a displacement:
+# a crop or pad shifts both ends of a flow vector by the same offset.
+_FLOW_UNCHANGED = (T.CropTransform, PadTransform, T.NoOpTransform, T.ColorTransform, T.PILColorTransform,
+                   BlendTransform)
+
+
+def _flow_vector_scale(steps) -> Tuple[float, float]:
+    """The (x, y) factors the transforms apply to a displacement: resizes scale it by new / old size,
+    flips negate its component along the flipped axis. Each step is a diagonal linear map of the
+    vector, so the composition is the product whatever the order."""
+    scale_x, scale_y = 1.0, 1.0
+    for t in steps:
+        if isinstance(t, (T.ResizeTransform, ScaleTransform)):
+            scale_x *= t.new_w / t.w
+            scale_y *= t.new_h / t.h
+        elif isinstance(t, T.HFlipTransform):
+            scale_x = -scale_x
+        elif isinstance(t, T.VFlipTransform):
+            scale_y = -scale_y
+        elif not isinstance(t, _FLOW_UNCHANGED):
+            # a rotation or an extent warp changes vectors in ways a per-axis factor cannot express
+            raise NotImplementedError(f"transform_flow: no vector rule for {type(t).__name__} ({t})")
+    return scale_x, scale_y
+
+
+def transform_flow(
+    transforms: T.Transform, flow: np.ndarray, valid: Optional[np.ndarray] = None
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Apply the image's transforms to an optical flow field (H, W, 2) in pixels (+ validity (H, W)).
+
+    A flow field is a vector per pixel, so two things happen:
+
+    * the pixels move exactly as the labels' (each component and the validity go through
+      :func:`transform_depth`: nearest neighbour, bit-exact values, padding 0 = invalid);
+    * the vectors change with the geometry: a resize scales x by ``new_w / w`` and y by ``new_h / h``,
+      a horizontal flip negates x, a vertical flip negates y; crops and pads change no vector.
+
+    Args:
+        flow: (H, W, 2) float, ``[..., 0]`` horizontal (right), ``[..., 1]`` vertical (down), as
+            :func:`segdep_d2.data.flow_io.read_vkitti2_flow` returns it.
+        valid: (H, W) bool; default: where the flow is finite.
+
+    Returns:
+        ``(flow (H', W', 2) float32, 0 where invalid; valid (H', W') bool)``.
+    """
+    flow = np.asarray(flow, dtype=np.float32)
+    if flow.ndim != 3 or flow.shape[2] != 2:
+        raise ValueError(f"expected an H x W x 2 flow field, got shape {flow.shape}")
+    valid = np.isfinite(flow).all(-1) if valid is None else np.asarray(valid, dtype=bool)
+    if valid.shape != flow.shape[:2]:
+        raise ValueError(f"flow validity {valid.shape} does not match the flow {flow.shape[:2]}")
+    steps = transforms.transforms if isinstance(transforms, T.TransformList) else [transforms]
+    scale_x, scale_y = _flow_vector_scale(steps)
+    flow_x = transform_depth(transforms, flow[..., 0])
+    flow_y = transform_depth(transforms, flow[..., 1])
+    # validity as float32 1 / 0 through the same path: padding fills 0, i.e. invalid
+    out_valid = transform_depth(transforms, valid.astype(np.float32)) > 0.5
+    out = np.stack([flow_x * np.float32(scale_x), flow_y * np.float32(scale_y)], axis=-1)
+    out[~out_valid] = 0.0
+    return out, out_valid

@@ -4,6 +4,8 @@ Both layouts are accepted: the merged tree ``<root>/SceneXX/<variation>/frames/<
 and the per-archive roots ``<root>/vkitti_2.0.3_<kind>/SceneXX/...``. Folder names are matched
 case-insensitively (``classSegmentation`` vs ``classsegmentation`` differs between sources).
 VKITTI2 has no official split: by default ``Scene20`` is held out for validation.
+Video frames know their predecessor (``prev_file_name``, ``prev_flow_file_name``: see :func:`load_vkitti2`)
+for SegDep's temporal training.
 ``vkitti2_referring_{train,val}`` add referring-expression ``queries`` generated from the textgt
 (:mod:`.vkitti2_textgt`, :mod:`segdep_d2.data.referring`).
 """
@@ -40,6 +42,10 @@ _FRAME_FILES = {
     "instancesegmentation": ("instance_file_name", "instancegt_{:05d}.png"),
 }
 _RGB_NAME = re.compile(r"^rgb_(\d+)\.jpg$", re.IGNORECASE)
+# VKITTI2's flow from frame t to frame t - 1 (the first frame has none), read by
+# segdep_d2.data.flow_io.read_vkitti2_flow; listed apart from _FRAME_FILES because it belongs to the
+# previous-frame keys (``prev_flow_file_name``), not to the frame's own labels.
+_BACKWARD_FLOW = ("backwardFlow", "backwardFlow_{:05d}.png")
 
 
 def _child(path, name):
@@ -92,6 +98,21 @@ def _read_intrinsics(path):
     return intrinsics
 
 
+def _previous_frame_keys(frame, rgb_folder, rgb_names, flow_folder, flow_names):
+    """``prev_file_name`` (+ ``prev_flow_file_name``) of ``frame`` from the folder listings, or {}.
+
+    Only ``frame - 1`` counts: VKITTI2's backward flow maps frame t to t - 1, so an earlier frame
+    after a gap would pair the image with a flow to another frame."""
+    prev_name = _FRAME_FILES["rgb"][1].format(frame - 1)
+    if prev_name not in rgb_names:
+        return {}
+    keys = {"prev_file_name": os.path.join(rgb_folder, prev_name)}
+    flow_name = _BACKWARD_FLOW[1].format(frame)
+    if flow_name in flow_names:
+        keys["prev_flow_file_name"] = os.path.join(flow_folder, flow_name)
+    return keys
+
+
 def load_vkitti2(root, scenes=VKITTI2_SCENES, variations=VKITTI2_VARIATIONS, cameras=("Camera_0",)):
     """Dataset dicts for the chosen scenes / variations / cameras of a VKITTI2 root.
 
@@ -99,6 +120,12 @@ def load_vkitti2(root, scenes=VKITTI2_SCENES, variations=VKITTI2_VARIATIONS, cam
     ``frame_index`` and, where the files exist, ``depth_file_name`` (``vkitti2_cm``),
     ``sem_seg_file_name`` + ``colors_file_name`` and ``instance_file_name`` (``label_format``
     ``"vkitti2"``) and ``intrinsics`` (3x3).
+
+    A frame whose previous frame (``frame_index - 1``, same scene / variation / camera) has its rgb
+    file also has ``prev_file_name`` (that rgb file) and, where the frame's backward flow
+    ``frames/backwardFlow/Camera_k/backwardFlow_%05d.png`` (frame t -> t - 1) exists,
+    ``prev_flow_file_name`` (read with :func:`segdep_d2.data.flow_io.read_vkitti2_flow`). The first
+    frame of a sequence, or one after a gap, has neither.
     """
     if not os.path.isdir(root):
         raise FileNotFoundError(
@@ -126,6 +153,8 @@ def load_vkitti2(root, scenes=VKITTI2_SCENES, variations=VKITTI2_VARIATIONS, cam
                 )
                 if not frames:
                     continue
+                flow_folder = _find(roots, scene, variation, "frames", _BACKWARD_FLOW[0], camera)
+                flow_names = set(os.listdir(flow_folder)) if flow_folder else set()
                 with Image.open(os.path.join(folders["rgb"], "rgb_{:05d}.jpg".format(frames[0]))) as im:
                     width, height = im.size
                 for frame in frames:
@@ -155,6 +184,7 @@ def load_vkitti2(root, scenes=VKITTI2_SCENES, variations=VKITTI2_VARIATIONS, cam
                         record.pop("instance_file_name", None)  # instances mean nothing without classes
                     if (frame, cam_id) in intrinsics:
                         record["intrinsics"] = intrinsics[(frame, cam_id)]
+                    record.update(_previous_frame_keys(frame, folders["rgb"], listings["rgb"], flow_folder, flow_names))
                     dicts.append(record)
     if not dicts:
         raise FileNotFoundError(

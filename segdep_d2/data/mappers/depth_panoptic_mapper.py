@@ -13,8 +13,9 @@ from detectron2.projects.panoptic_deeplab.target_generator import PanopticDeepLa
 from panopticapi.utils import id2rgb, rgb2id
 
 from ..depth_io import read_depth
+from ..flow_io import read_vkitti2_flow
 from ..label_io import _read_vkitti2_track_ids, has_panoptic, read_panoptic, read_sem_seg
-from ..transforms import build_augmentations, transform_depth
+from ..transforms import build_augmentations, transform_depth, transform_flow
 
 __all__ = ["DepthPanopticDatasetMapper"]
 
@@ -32,7 +33,14 @@ class DepthPanopticDatasetMapper:
     * for a record with referring ``queries`` (``[{"text", "instance_id", ...}]``, e.g.
       ``load_vkitti2_referring``): ``queries`` becomes the list of sentences and ``referring_masks`` a
       bool (Q, H, W) tensor, each query's target (the pixels of its ``instance_id`` in the record's
-      ``instance_file_name``), resampled exactly as the labels (see :func:`referring_targets`).
+      ``instance_file_name``), resampled exactly as the labels (see :func:`referring_targets`);
+    * with ``previous_frame`` (SegDep's temporal training), for a record with ``prev_file_name``
+      (e.g. :func:`~segdep_d2.data.datasets.load_vkitti2`): ``prev_image``, the previous frame as a
+      uint8 (C, H, W) tensor under the very transforms of ``image``, and where the record has
+      ``prev_flow_file_name`` (VKITTI2 backward flow, current -> previous frame) ``prev_flow``:
+      float32 (2, H, W) pixels at the augmented size (x, y; 0 where invalid) and ``prev_flow_valid``:
+      bool (H, W) (see :func:`read_previous_frame`). A record without ``prev_file_name`` (a first
+      frame, a dataset without video) gets none of them and the model takes its plain path.
 
     At test time (``is_train=False``) only the image is prepared: evaluators read ground truth
     at full resolution themselves (a record's ``queries`` pass through untouched, dicts included).
@@ -48,6 +56,7 @@ class DepthPanopticDatasetMapper:
         depth_range: Tuple[float, float],
         panoptic_target_generator: Optional[Callable] = None,
         panoptic_targets: bool = True,
+        previous_frame: bool = False,
     ):
         """
         Args:
@@ -55,6 +64,9 @@ class DepthPanopticDatasetMapper:
                 When False (HydraNet), a record with ``sem_seg_file_name`` is read as semantic
                 labels only; one whose semantics exist only as panoptic labels still goes through
                 the target generator, whose ``sem_seg`` is the one the model needs.
+            previous_frame: in training, deliver ``prev_image`` (+ ``prev_flow``,
+                ``prev_flow_valid``) for records with ``prev_file_name`` (a model with temporal
+                refinement: SegDep with ``MODEL.SEGDEP.TEMPORAL``).
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
@@ -62,13 +74,17 @@ class DepthPanopticDatasetMapper:
         self.depth_range = tuple(depth_range)
         self.panoptic_target_generator = panoptic_target_generator
         self.panoptic_targets = panoptic_targets
+        self.previous_frame = previous_frame
         logging.getLogger(__name__).info(
             f"[DepthPanopticDatasetMapper] {'train' if is_train else 'test'} augmentations: {augmentations}"
         )
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
+        from detectron2.modeling import META_ARCH_REGISTRY
+
         from ...modeling.meta_arch import model_outputs  # at call time: modeling imports data
+        from ...modeling.meta_arch.segdep import SegDep
 
         dataset_name = cfg.DATASETS.TRAIN[0] if is_train else cfg.DATASETS.TEST[0]
         meta = MetadataCatalog.get(dataset_name)
@@ -88,6 +104,10 @@ class DepthPanopticDatasetMapper:
             "depth_range": meta.get("depth_range", (1e-3, 80.0)),
             "panoptic_target_generator": generator,
             "panoptic_targets": "panoptic_seg" in model_outputs(cfg),
+            # only SegDep has a temporal refinement that reads prev_image; other models would only
+            # pay for reading the previous frame
+            "previous_frame": issubclass(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), SegDep)
+            and bool(cfg.MODEL.SEGDEP.TEMPORAL),
         }
 
     def __call__(self, dataset_dict):
@@ -111,6 +131,9 @@ class DepthPanopticDatasetMapper:
         instance_ids = None
         if self.is_train and dataset_dict.get("queries"):
             instance_ids = read_instance_ids(dataset_dict, image.shape[:2])
+        previous = None
+        if self.is_train and self.previous_frame and "prev_file_name" in dataset_dict:
+            previous = read_previous_frame(dataset_dict, image.shape[:2], self.image_format)
 
         aug_input = T.AugInput(image, sem_seg=label)
         transforms = self.augmentations(aug_input)
@@ -128,7 +151,51 @@ class DepthPanopticDatasetMapper:
             dataset_dict["sem_seg"] = torch.as_tensor(label.astype(np.int64))
         if instance_ids is not None:
             dataset_dict.update(referring_targets(dataset_dict["queries"], instance_ids, transforms))
+        if previous is not None:
+            dataset_dict.update(previous_frame_targets(*previous, transforms))
         return dataset_dict
+
+
+def read_previous_frame(dataset_dict, shape, image_format: str):
+    """``(prev_image (H, W, C) uint8, prev_flow (H, W, 2) float32 or None, prev_flow_valid (H, W) bool or
+    None)`` of a record with ``prev_file_name`` (+ ``prev_flow_file_name``, a VKITTI2 backward-flow PNG),
+    both checked against the current image's size ``shape`` (H, W): the previous frame must go through
+    the current frame's transforms, which are only defined for that size."""
+    current, path = dataset_dict["file_name"], dataset_dict["prev_file_name"]
+    try:
+        prev_image = utils.read_image(path, format=image_format)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"previous frame {path} (prev_file_name of {current}) not found") from e
+    except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"previous frame {path} (prev_file_name of {current}) cannot be read: {e}") from e
+    if prev_image.shape[:2] != tuple(shape):
+        raise ValueError(
+            f"previous frame {path} is {prev_image.shape[1]}x{prev_image.shape[0]} (WxH) but the frame "
+            f"{current} is {shape[1]}x{shape[0]}: a previous frame must have the current frame's size"
+        )
+    if "prev_flow_file_name" not in dataset_dict:
+        return prev_image, None, None
+    flow_path = dataset_dict["prev_flow_file_name"]
+    flow, valid = read_vkitti2_flow(flow_path)  # its errors name the file
+    if flow.shape[:2] != tuple(shape):
+        raise ValueError(
+            f"flow {flow_path} is {flow.shape[1]}x{flow.shape[0]} (WxH) but the frame {current} is "
+            f"{shape[1]}x{shape[0]}"
+        )
+    return prev_image, flow, valid
+
+
+def previous_frame_targets(prev_image, flow, valid, transforms) -> dict:
+    """``prev_image`` (C, H, W) uint8 (+ ``prev_flow`` (2, H, W) float32, ``prev_flow_valid`` (H, W)
+    bool) after the current image's ``transforms``: the same resize, crop and flip, so the model sees
+    both frames under one geometry (the flow's vectors follow it, see :func:`transform_flow`)."""
+    prev_image = transforms.apply_image(prev_image)
+    out = {"prev_image": torch.as_tensor(np.ascontiguousarray(prev_image.transpose(2, 0, 1)))}
+    if flow is not None:
+        flow, valid = transform_flow(transforms, flow, valid)
+        out["prev_flow"] = torch.from_numpy(np.ascontiguousarray(flow.transpose(2, 0, 1)))
+        out["prev_flow_valid"] = torch.from_numpy(valid)
+    return out
 
 
 def read_instance_ids(dataset_dict, shape) -> np.ndarray:
