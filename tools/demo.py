@@ -50,12 +50,10 @@ of the config with onnxruntime instead of the eager model.
 import argparse
 import datetime
 import json
-import math
 import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -364,31 +362,18 @@ def table(rows, columns=MODELS[DEFAULT_MODEL].table):
 
 
 def git_commit(repo=REPO):
-    """(commit, clean): ``git rev-parse HEAD`` of ``repo`` and whether tracked files match it; (None, None)
-    outside a git checkout or without git."""
-    def git(*cmd):
-        return subprocess.run(["git", "-C", repo, *cmd], capture_output=True, text=True, timeout=30, check=True).stdout
+    """(commit, clean) of ``repo``: :func:`segdep_d2.engine.study.git_commit` (imported when called:
+    importing segdep_d2 reads ``$DETECTRON2_DATASETS``, which :func:`train_demo` sets first)."""
+    from segdep_d2.engine.study import git_commit as commit_of
 
-    try:
-        commit = git("rev-parse", "HEAD").strip()
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-    try:
-        clean = not git("status", "--porcelain", "--untracked-files=no").strip()
-    except (OSError, subprocess.SubprocessError):
-        clean = None
-    return commit, clean
+    return commit_of(repo)
 
 
 def _json_safe(value):
-    """NaN / inf (e.g. IoU of a class absent from the ground truth) as null: metrics.json stays valid JSON."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    """NaN / inf as null: :func:`segdep_d2.engine.study.json_safe` (imported when called, as above)."""
+    from segdep_d2.engine.study import json_safe
+
+    return json_safe(value)
 
 
 def build_report(*, args, schedule, checkpoint_every, iterations, iterations_this_run, train_seconds,

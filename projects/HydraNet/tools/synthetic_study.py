@@ -29,8 +29,6 @@
 ``KEY VALUE`` overrides apply to every row's config (after the study's own settings).
 """
 import argparse
-import datetime
-import json
 import os
 import sys
 import time
@@ -55,56 +53,32 @@ COLUMNS = (
     ("RMSE [m]", "depth", "RMSE", "{:.2f}"),
     ("d1", "depth", "d1", "{:.3f}"),
 )
+# (column, row key, format, default)
+EXTRA_COLUMNS = (
+    ("iterations", "iterations", "{}", 0),
+    ("train s", "train_seconds", "{:.0f}", 0),
+    ("seg samples", "sem_seg_samples", "{}", 0),
+    ("depth samples", "depth_samples", "{}", 0),
+)
+
+
+def _study():
+    """segdep_d2.engine.study (the scaffolding shared with the other studies), imported when needed."""
+    sys.path.insert(0, REPO)
+    from segdep_d2.engine import study
+
+    return study
 
 
 def parse_args(argv=None):
+    study = _study()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default=os.path.join(REPO, "output/hydranet_study"))
-    p.add_argument("--record", metavar="DIR", default=None, help=f"also write DIR/{RECORD_NAME}")
-    p.add_argument("--train-scenes", default="Scene01,Scene02")
-    p.add_argument("--val-scene", default="Scene20")
-    p.add_argument("--variations", default="clone,fog")
-    p.add_argument("--frames", type=int, default=6, help="frames per scene and variation")
-    p.add_argument("--frame-step", type=int, default=8, help="every k-th frame of each drive")
-    p.add_argument("--height", type=int, default=96)
-    p.add_argument("--width", type=int, default=320)
-    p.add_argument("--max-iter", type=int, default=40, help="training iterations of every row (and the teacher)")
-    p.add_argument("--lr", type=float, default=1e-3, help="SOLVER.BASE_LR")
-    p.add_argument("--batch", type=int, default=2, help="SOLVER.IMS_PER_BATCH")
-    p.add_argument("--min-size-train", default="80,96", help="INPUT.MIN_SIZE_TRAIN (choice)")
-    p.add_argument("--min-size-test", type=int, default=96)
+    study.add_study_arguments(p, output="output/hydranet_study", record_name=RECORD_NAME, rows=ROWS,
+                              frames=6, frame_step=8, max_iter=40)
     p.add_argument("--decoder-channels", type=int, default=64, help="MODEL.HYDRANET.DECODER_CHANNELS")
     p.add_argument("--min-confidence", type=float, default=0.7,
                    help="pseudo-labels: pixels whose softmax maximum is below it are ignored")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0, help="the data generator's and every row's seed")
-    p.add_argument("--rows", default=",".join(ROWS), help="the rows to run (comma-separated)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of every row's config")
-    args = p.parse_args(argv)
-    args.rows = [r for r in args.rows.split(",") if r]
-    unknown = [r for r in args.rows if r not in ROWS]
-    if unknown:
-        p.error(f"unknown rows {unknown}; expected some of {', '.join(ROWS)}")
-    if len(args.opts) % 2:
-        p.error(f"config overrides come as KEY VALUE pairs, got {' '.join(args.opts)}")
-    if "SOLVER.MAX_ITER" in args.opts[::2]:
-        p.error("use --max-iter, not SOLVER.MAX_ITER")
-    return args
-
-
-def generator_settings(args):
-    train = args.train_scenes.split(",")
-    if args.val_scene in train:
-        raise SystemExit(f"--val-scene {args.val_scene} is also a training scene")
-    return {
-        "scenes": train + [args.val_scene],
-        "variations": args.variations.split(","),
-        "frames": args.frames,
-        "frame_step": args.frame_step,
-        "height": args.height,
-        "width": args.width,
-        "seed": args.seed,
-    }
+    return study.check_study_args(p, p.parse_args(argv), ROWS)
 
 
 def prepare_data(args):
@@ -112,16 +86,11 @@ def prepare_data(args):
     (generator settings, split sizes)."""
     from segdep_d2.data.datasets import register_asymmetric_split
     from segdep_d2.data.datasets.vkitti2 import load_vkitti2, vkitti2_metadata
-    from segdep_d2.data.synthetic import generate_vkitti2
 
-    settings = generator_settings(args)
+    study = _study()
+    settings = study.generator_settings(args)
     root = os.path.join(args.output, "datasets", "vkitti2")
-    stamp = os.path.join(root, "generator_settings.json")
-    if not (os.path.isfile(stamp) and json.load(open(stamp)) == settings):
-        os.makedirs(root, exist_ok=True)
-        generate_vkitti2(root, flow=False, **settings)
-        with open(stamp, "w") as f:
-            json.dump(settings, f)
+    study.prepare_synthetic_vkitti2(root, settings)
     train_scenes, val_scene = settings["scenes"][:-1], settings["scenes"][-1]
     train = load_vkitti2(root, train_scenes, settings["variations"])
     val = load_vkitti2(root, (val_scene,), settings["variations"])
@@ -136,32 +105,10 @@ def prepare_data(args):
 
 
 def make_cfg(args, output_dir, train, uncertainty_weighting=False):
-    from detectron2.config import get_cfg
-
-    from segdep_d2 import add_segdep_config
-
-    cfg = get_cfg()
-    add_segdep_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, CONFIG))
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu",
+    return _study().study_cfg(CONFIG, args, output_dir, train, (NAMES["val"],), model_opts=[
         "MODEL.HYDRANET.DECODER_CHANNELS", str(args.decoder_channels),
         "MODEL.HYDRANET.UNCERTAINTY_WEIGHTING", str(bool(uncertainty_weighting)),
-        "INPUT.MIN_SIZE_TRAIN", f"({args.min_size_train},)", "INPUT.MIN_SIZE_TEST", str(args.min_size_test),
-        "SOLVER.IMS_PER_BATCH", str(args.batch), "SOLVER.BASE_LR", str(args.lr),
-        "SOLVER.MAX_ITER", str(args.max_iter), "SOLVER.WARMUP_ITERS", str(min(20, args.max_iter // 10)),
-        "SOLVER.CHECKPOINT_PERIOD", "1000000", "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0",
-        "SEED", str(args.seed), "DATASETS.TRAIN", str(tuple(train)), "DATASETS.TEST", f"('{NAMES['val']}',)",
-        "OUTPUT_DIR", output_dir, *args.opts,
     ])
-    cfg.freeze()
-    return cfg
-
-
-def evaluate(cfg, model):
-    from segdep_d2.engine import SegDepTrainer
-
-    return {section: dict(values) for section, values in SegDepTrainer.test(cfg, model).items()}
 
 
 def label_samples(trainer):
@@ -175,67 +122,35 @@ def label_samples(trainer):
 
 def train_row(args, name, train, uncertainty_weighting=False):
     """Train one row from the study's seed; returns (cfg, trainer, row dict without metrics, held-out results)."""
-    from detectron2.utils.env import seed_all_rng
-
-    from segdep_d2.engine import SegDepTrainer
-
     cfg = make_cfg(args, os.path.join(args.output, "rows", name.replace("+", "_")), train, uncertainty_weighting)
-    seed_all_rng(args.seed)  # same initial weights and data order for every row
-    trainer = SegDepTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    # DefaultTrainer's EvalHook evaluates DATASETS.TEST once after the last iteration (whatever
-    # TEST.EVAL_PERIOD) and keeps the results there: reuse them rather than evaluate twice
-    results = getattr(trainer, "_last_eval_results", None)
-    results = {section: dict(values) for section, values in results.items()} if results else None
-    seen = label_samples(trainer)
+    trained = _study().train_row(cfg, args.seed)
+    seen = label_samples(trained.trainer)
     row = {
         "row": name,
         "train_datasets": list(train),
         "uncertainty_weighting": bool(uncertainty_weighting),
-        "iterations": int(trainer.iter),  # detectron2 leaves iter at max_iter after training
-        "train_seconds": round(seconds, 1),
+        "iterations": trained.iterations,
+        "train_seconds": round(trained.seconds, 1),
         "sem_seg_samples": seen["sem_seg"],
         "depth_samples": seen["depth"],
     }
-    return cfg, trainer, row, results or evaluate(cfg, trainer.model)
+    return cfg, trained.trainer, row, trained.results
 
 
 def with_metrics(row, results):
-    row = dict(row)
-    for _, section, key, _ in COLUMNS:
-        row[key] = results.get(section, {}).get(key)
-    row["results"] = results
-    return row
+    return _study().with_metrics(row, results, COLUMNS)
 
 
 def markdown_table(rows):
-    header = ["row", *(c for c, *_ in COLUMNS), "iterations", "train s", "seg samples", "depth samples"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for row in rows:
-        cells = [row["row"]]
-        for _, _, key, fmt in COLUMNS:
-            value = row.get(key)
-            cells.append(fmt.format(value) if value is not None else "-")
-        cells += [str(row.get("iterations", 0)), f"{row.get('train_seconds', 0):.0f}",
-                  str(row.get("sem_seg_samples", 0)), str(row.get("depth_samples", 0))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _study().markdown_table(rows, COLUMNS, EXTRA_COLUMNS)
 
 
 def run_study(args, argv=None):
-    sys.path.insert(0, REPO)
-    sys.path.insert(0, os.path.join(REPO, "tools"))
     import torch
-    from detectron2.utils.env import seed_all_rng
 
-    import segdep_d2  # noqa: F401
-    from demo import _json_safe, git_commit  # tools/demo.py
     from segdep_d2.data.pseudo_labels import generate_pseudo_labels
-    from segdep_d2.engine import SegDepTrainer
 
+    study = _study()
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.output, exist_ok=True)
@@ -248,8 +163,7 @@ def run_study(args, argv=None):
         print(f"[study] {name} ...", flush=True)
         if name == "untrained":
             cfg = make_cfg(args, os.path.join(args.output, "rows", "untrained"), (NAMES["full"],))
-            seed_all_rng(args.seed)
-            results = evaluate(cfg, SegDepTrainer.build_model(cfg))
+            results = study.untrained_results(cfg, args.seed)
             row = {"row": name, "train_datasets": [], "uncertainty_weighting": False, "iterations": 0,
                    "train_seconds": 0.0, "sem_seg_samples": 0, "depth_samples": 0}
         elif name.startswith("distillation"):
@@ -276,40 +190,27 @@ def run_study(args, argv=None):
         print(markdown_table(rows[-1:]).splitlines()[-1], flush=True)
     wall = time.perf_counter() - wall
 
-    commit, clean = git_commit(REPO)
-    report = _json_safe({
-        "commit": commit,
-        "worktree_clean": clean,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + " ".join([os.path.relpath(os.path.abspath(__file__), REPO)]
-                                        + list(sys.argv[1:] if argv is None else argv)),
-        "device": "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "config": CONFIG,
-        "generator": generator,
-        "splits": sizes,
-        "seed": args.seed,
-        "settings": {
+    report = study.study_record(
+        __file__, argv,
+        device="cpu",
+        torch_threads=torch.get_num_threads(),
+        config=CONFIG,
+        generator=generator,
+        splits=sizes,
+        seed=args.seed,
+        settings={
             "max_iter": args.max_iter, "base_lr": args.lr, "ims_per_batch": args.batch,
             "min_size_train": args.min_size_train, "min_size_test": args.min_size_test,
             "decoder_channels": args.decoder_channels, "min_confidence": args.min_confidence,
             "config_overrides": list(args.opts), "rows": list(args.rows),
         },
-        "teacher": teacher,
-        "pseudo_labels": pseudo_summary,
-        "wall_seconds": round(wall, 1),
-        "rows": rows,
-        "table_markdown": markdown_table(rows),
-    })
-    path = os.path.join(args.output, "study.json")
-    paths = [path]
-    for p in ([path] + ([os.path.join(args.record, RECORD_NAME)] if args.record else [])):
-        os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
-        with open(p, "w") as f:
-            json.dump(report, f, indent=2, allow_nan=False)
-            f.write("\n")
-        if p != path:
-            paths.append(p)
+        teacher=teacher,
+        pseudo_labels=pseudo_summary,
+        wall_seconds=round(wall, 1),
+        rows=rows,
+        table_markdown=markdown_table(rows),
+    )
+    paths = study.write_study_record(report, args.output, args.record, RECORD_NAME)
     print()
     print(f"HydraNet on the held-out synthetic {args.val_scene}, {args.max_iter} iterations per row "
           f"(seed {args.seed}, {torch.get_num_threads()} threads, wall {wall:.0f} s):")
