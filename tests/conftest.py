@@ -83,6 +83,37 @@ def teacher_weights(tmp_path_factory):
 # A tiny open_clip model config (CLIP's real tokenizer and vocabulary, a 2-layer 64-wide text tower):
 # SegDep tests build their text encoder from it in a fraction of a second.
 TINY_OPEN_CLIP = "segdep-test-tiny-clip"
+SEGDEP_CPU_CONFIG = os.path.join(REPO_ROOT, "projects/SegDep/configs/Synthetic-SegDep/segdep_hrnet18s_cpu.yaml")
+# SegDep's CPU config with that text tower and one prompt template (use with the fixture below)
+TINY_SEGDEP_OPTS = ["MODEL.SEGDEP.CLIP_MODEL", TINY_OPEN_CLIP, "MODEL.SEGDEP.PROMPT_TEMPLATES", "['a photo of a {}.']"]
+
+
+def segdep_cfg(*opts, path=SEGDEP_CPU_CONFIG):
+    """A SegDep config from ``path`` (default: the CPU config) on the CPU, with ``opts`` merged (not frozen);
+    ``segdep_cfg(*TINY_SEGDEP_OPTS, ...)`` for the tiny text tower."""
+    from detectron2.config import get_cfg
+
+    from segdep_d2 import add_segdep_config
+
+    cfg = get_cfg()
+    add_segdep_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    return cfg
+
+
+def tiny_segdep_model(*opts, seed=0):
+    """SegDep (CPU config, tiny text tower, ``opts``) with the weights of ``seed``: needs the
+    ``tiny_open_clip`` fixture."""
+    import warnings
+
+    import torch
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-init CLIP warning
+        return build_model(segdep_cfg(*TINY_SEGDEP_OPTS, *opts))
 
 
 @pytest.fixture(scope="session")

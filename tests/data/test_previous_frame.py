@@ -10,23 +10,21 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import PadTransform
 from PIL import Image
 
-from segdep_d2 import add_segdep_config
 from segdep_d2.data import DepthPanopticDatasetMapper
 from segdep_d2.data.datasets.vkitti2 import load_vkitti2, register_vkitti2
 from segdep_d2.data.flow_io import read_vkitti2_flow, write_vkitti2_flow
 from segdep_d2.data.transforms import transform_flow
 
 SCENES, VARIATIONS = ("Scene01", "Scene20"), ("clone", "fog")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CPU_CONFIG = os.path.join(REPO, "projects/SegDep/configs/Synthetic-SegDep/segdep_hrnet18s_cpu.yaml")
-TINY_CLIP = "segdep-test-tiny-clip"
-TINY = ["MODEL.SEGDEP.CLIP_MODEL", TINY_CLIP, "MODEL.SEGDEP.PROMPT_TEMPLATES", "['a photo of a {}.']"]
+from conftest import SEGDEP_CPU_CONFIG as CPU_CONFIG  # noqa: E402
+from conftest import TINY_OPEN_CLIP as TINY_CLIP  # noqa: E402
+from conftest import TINY_SEGDEP_OPTS as TINY  # noqa: E402
+from conftest import segdep_cfg, tiny_segdep_model as _model  # noqa: E402
 
 
 # ---- transform_flow: hand-computed fields ----
@@ -237,11 +235,7 @@ def test_first_frames_off_switch_and_test_mode_give_no_previous_frame(synthetic_
 
 
 def _cfg(*opts):
-    cfg = get_cfg()
-    add_segdep_config(cfg)
-    cfg.merge_from_file(CPU_CONFIG)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *TINY, *opts])
-    return cfg
+    return segdep_cfg(*TINY, *opts)
 
 
 def test_from_config_turns_previous_frame_on_for_temporal_segdep_only():

@@ -13,27 +13,27 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 
 import segdep_d2  # noqa: E402,F401
-from segdep_d2 import add_segdep_config  # noqa: E402
 from segdep_d2.engine import SegDepTrainer  # noqa: E402
 from segdep_d2.modeling.heads.segdep_heads import OpenVocabHead, SegDepTaskHead, TextVisionFusion  # noqa: E402
 from segdep_d2.modeling.meta_arch import SegDep, model_outputs  # noqa: E402
 from segdep_d2.data.vocabularies import canonical_name  # noqa: E402
 from segdep_d2.modeling.meta_arch.segdep import LOSS_NAMES  # noqa: E402
 
+from conftest import SEGDEP_CPU_CONFIG as CPU_CONFIG  # noqa: E402
+from conftest import TINY_OPEN_CLIP as TINY_CLIP  # noqa: E402
+from conftest import TINY_SEGDEP_OPTS as TINY  # noqa: E402
+from conftest import segdep_cfg, tiny_segdep_model as _model  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CPU_CONFIG = os.path.join(REPO, "projects/SegDep/configs/Synthetic-SegDep/segdep_hrnet18s_cpu.yaml")
 ALL_CONFIGS = sorted(
     p for p in glob.glob(os.path.join(REPO, "projects/SegDep/configs/**/*.yaml"), recursive=True)
     if not os.path.basename(p).startswith("Base-")
 )
-TINY_CLIP = "segdep-test-tiny-clip"
-TINY = ["MODEL.SEGDEP.CLIP_MODEL", TINY_CLIP, "MODEL.SEGDEP.PROMPT_TEMPLATES", "['a photo of a {}.']"]
 VKITTI2_NAMES = [
     "terrain", "sky", "tree", "vegetation", "building", "road", "guard rail", "traffic sign", "traffic light",
     "pole", "misc", "truck", "car", "van",
@@ -54,18 +54,7 @@ def _few_threads():
 
 
 def load_cfg(path=CPU_CONFIG, *opts):
-    cfg = get_cfg()
-    add_segdep_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
-    return cfg
-
-
-def _model(*opts, seed=0):
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random-init CLIP warning
-        return build_model(load_cfg(CPU_CONFIG, *TINY, *opts))
+    return segdep_cfg(*opts, path=path)
 
 
 @pytest.fixture(scope="module")

@@ -9,31 +9,26 @@ Fast: the CPU config (hrnet_w18_small) with a tiny open_clip text config (width 
 on 64 x 64 images, one thread.
 """
 import math
-import os
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import transforms as T
-from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from PIL import Image
 
 
 import segdep_d2  # noqa: E402,F401
-from segdep_d2 import add_segdep_config  # noqa: E402
 from segdep_d2.data import DepthPanopticDatasetMapper  # noqa: E402
 from segdep_d2.data.mappers.depth_panoptic_mapper import swap_left_right  # noqa: E402
 from segdep_d2.modeling.heads.segdep_heads import ReferringHead  # noqa: E402
 from segdep_d2.modeling.losses import dice_loss  # noqa: E402
 from segdep_d2.modeling.meta_arch.segdep import LOSS_NAMES, REFERRING_LOSS_NAMES, SegDepImageEncoding  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CPU_CONFIG = os.path.join(REPO, "projects/SegDep/configs/Synthetic-SegDep/segdep_hrnet18s_cpu.yaml")
-TINY_CLIP = "segdep-test-tiny-clip"
-TINY = ["MODEL.SEGDEP.CLIP_MODEL", TINY_CLIP, "MODEL.SEGDEP.PROMPT_TEMPLATES", "['a photo of a {}.']"]
+from conftest import SEGDEP_CPU_CONFIG as CPU_CONFIG  # noqa: E402
+from conftest import TINY_OPEN_CLIP as TINY_CLIP  # noqa: E402
+from conftest import TINY_SEGDEP_OPTS as TINY  # noqa: E402
+from conftest import segdep_cfg, tiny_segdep_model as _model  # noqa: E402
 QUERIES = ["the nearest car", "the van on the left"]
 REFERRING_KEYS = {f"loss_{n}" for n in REFERRING_LOSS_NAMES}
 
@@ -52,18 +47,7 @@ def _few_threads():
 
 
 def _cfg(*opts):
-    cfg = get_cfg()
-    add_segdep_config(cfg)
-    cfg.merge_from_file(CPU_CONFIG)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *TINY, *opts])
-    return cfg
-
-
-def _model(*opts, seed=0):
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random-init CLIP warning
-        return build_model(_cfg(*opts))
+    return segdep_cfg(*TINY, *opts)
 
 
 @pytest.fixture(scope="module")

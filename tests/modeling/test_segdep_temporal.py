@@ -8,25 +8,20 @@ images unchanged against TEMPORAL False with shared weights, and a training step
 Fast: the CPU config (hrnet_w18_small) with a tiny open_clip text config on 64 x 64 images, one thread.
 """
 import copy
-import os
-import warnings
 
 import pytest
 import torch
-from detectron2.config import get_cfg
-from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 
 import segdep_d2  # noqa: E402,F401
-from segdep_d2 import add_segdep_config  # noqa: E402
 from segdep_d2.modeling.heads import MotionHead, TemporalFusion, warp  # noqa: E402
 from segdep_d2.modeling.meta_arch.segdep import LOSS_NAMES  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CPU_CONFIG = os.path.join(REPO, "projects/SegDep/configs/Synthetic-SegDep/segdep_hrnet18s_cpu.yaml")
-TINY_CLIP = "segdep-test-tiny-clip"
-TINY = ["MODEL.SEGDEP.CLIP_MODEL", TINY_CLIP, "MODEL.SEGDEP.PROMPT_TEMPLATES", "['a photo of a {}.']"]
+from conftest import SEGDEP_CPU_CONFIG as CPU_CONFIG  # noqa: E402
+from conftest import TINY_OPEN_CLIP as TINY_CLIP  # noqa: E402
+from conftest import TINY_SEGDEP_OPTS as TINY  # noqa: E402
+from conftest import segdep_cfg, tiny_segdep_model as _model  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,18 +38,7 @@ def _few_threads():
 
 
 def _cfg(*opts):
-    cfg = get_cfg()
-    add_segdep_config(cfg)
-    cfg.merge_from_file(CPU_CONFIG)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *TINY, *opts])
-    return cfg
-
-
-def _model(*opts, seed=0):
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random-init CLIP warning
-        return build_model(_cfg(*opts))
+    return segdep_cfg(*TINY, *opts)
 
 
 @pytest.fixture(scope="module")
