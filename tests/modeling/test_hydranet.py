@@ -285,3 +285,13 @@ def test_postprocess_takes_labels_from_a_labels_export():
                 assert torch.equal(result["sem_seg_labels"][::2, ::2], cropped)
     # the logits path is unchanged: sem_seg logits (C, H, W)
     assert set(eager[0]) == {"sem_seg", "depth"} and eager[0]["sem_seg"].shape == (14, 50, 70)
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_upsample_bilinear_by_a_factor_equals_the_resize_to_size(align_corners):
+    from segdep_d2.modeling.heads.refinenet import upsample_bilinear
+
+    x = torch.randn(1, 5, 7, 9, generator=torch.Generator().manual_seed(0))
+    for size in ((14, 18), (28, 36), (15, 18), (7, 9)):  # x2, x4, not a common factor, the same size
+        expected = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+        assert torch.equal(upsample_bilinear(x, size, align_corners), expected)

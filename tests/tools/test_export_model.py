@@ -262,6 +262,12 @@ def test_hydranet_labels_onnx_matches_the_eager_argmax(tool, hydranet_labels_onn
     path = str(out / "model.onnx")
     proto = onnx.load(path)
     assert [d.dim_param for d in proto.graph.output[0].type.tensor_type.shape.dim] == ["batch", "height", "width"]
+    # every bilinear resize by a constant factor (x2 in the decoder, x4 for the heads), none to sizes read
+    # from a shape: onnxruntime keeps constant-scale resizes in its blocked layout
+    producers = {o: n.op_type for n in proto.graph.node for o in n.output}
+    resizes = [n for n in proto.graph.node if n.op_type == "Resize"]
+    assert len(resizes) == 5 and all(len(n.input) == 3 and n.input[2] for n in resizes)
+    assert {producers[n.input[2]] for n in resizes} == {"Constant", "Gather"}  # Gather: NHWC-permuted scales
     assert [n.op_type for n in proto.graph.node if n.op_type == "ArgMax"] == ["ArgMax"]
     assert read_onnx_fingerprint(path)["output_names"] == ["sem_seg_labels", "depth"]
 

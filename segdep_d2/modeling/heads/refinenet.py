@@ -84,8 +84,23 @@ class LightWeightRefineNetDecoder(nn.Module):
             x = self.crps[i](F.relu6(total))
             if i < 3:
                 x = self.adapts[i](x)
-                x = F.interpolate(x, size=groups[i + 1][0].shape[-2:], mode="bilinear", align_corners=True)
+                x = upsample_bilinear(x, groups[i + 1][0].shape[-2:], align_corners=True)
         return x
+
+
+def upsample_bilinear(x: torch.Tensor, size, align_corners: bool) -> torch.Tensor:
+    """Bilinear resize of ``x`` to ``size`` (H, W); by an integer factor when ``size`` is exactly an integer
+    multiple of ``x``'s size (HydraNet's padded inputs: every decoder step is x2, the heads' outputs x4).
+
+    The result is the same either way (with that factor, torch maps output to input coordinates
+    identically), but a traced export then carries constant scales instead of sizes read from another
+    tensor's shape: onnxruntime runs a constant-scale Resize inside its blocked NCHWc layout (no reorders
+    around it), and cannot for computed sizes."""
+    h, w = x.shape[-2:]
+    out_h, out_w = int(size[0]), int(size[1])
+    if out_h % h == 0 and out_w % w == 0 and out_h // h == out_w // w > 1:
+        return F.interpolate(x, scale_factor=float(out_h // h), mode="bilinear", align_corners=align_corners)
+    return F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=align_corners)
 
 
 class HydraTaskHead(nn.Module):

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..heads.depth_head import check_depth_settings, depth_from_logits, init_depth_predictor
-from ..heads.refinenet import HydraTaskHead, LightWeightRefineNetDecoder
+from ..heads.refinenet import HydraTaskHead, LightWeightRefineNetDecoder, upsample_bilinear
 from ..losses import DEPTH_LOSSES, UncertaintyWeighting, masked_cross_entropy
 from .targets import batch_dense_targets
 
@@ -157,8 +157,8 @@ class HydraNet(nn.Module):
         at the padded input size: what an exported network computes."""
         sem, depth = self.head_outputs(images)
         size = images.shape[-2:]
-        sem = F.interpolate(sem, size=size, mode="bilinear", align_corners=False)
-        depth = F.interpolate(depth, size=size, mode="bilinear", align_corners=False)
+        sem = upsample_bilinear(sem, size, align_corners=False)
+        depth = upsample_bilinear(depth, size, align_corners=False)
         return sem, depth_from_logits(depth, self.depth_output_type, self.min_depth, self.max_depth)
 
     def forward(self, batched_inputs):
