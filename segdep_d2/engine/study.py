@@ -266,6 +266,32 @@ def markdown_table(rows, columns, extra_columns=()):
     return "\n".join(lines)
 
 
+def start_study(args, prepare_data):
+    """A study's first steps: torch threads (``--threads``), the output folder, the data. Returns
+    ``(wall-clock start, generator settings, split sizes)``; ``prepare_data(args)`` gives the latter two."""
+    import time
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.output, exist_ok=True)
+    started = time.perf_counter()
+    generator, sizes = prepare_data(args)
+    print(f"[study] data: {sizes} (generator {generator})", flush=True)
+    return started, generator, sizes
+
+
+def common_settings(args, **extra):
+    """The settings every study records (the shared flags of :func:`add_study_arguments`), plus ``extra``."""
+    return {
+        "max_iter": args.max_iter, "base_lr": args.lr, "ims_per_batch": args.batch,
+        "min_size_train": args.min_size_train, "min_size_test": args.min_size_test,
+        **extra,
+        "config_overrides": list(args.opts), "rows": list(args.rows),
+    }
+
+
 def study_record(script, argv=None, now=None, **fields):
     """The record of a study run: ``commit``, ``worktree_clean``, ``date`` (UTC), ``command`` (``python
     <script relative to the repository> <argv>``, shell-quoted; ``argv`` None: this process's), then

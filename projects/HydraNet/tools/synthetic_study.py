@@ -151,12 +151,7 @@ def run_study(args, argv=None):
     from segdep_d2.data.pseudo_labels import generate_pseudo_labels
 
     study = _study()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.makedirs(args.output, exist_ok=True)
-    wall = time.perf_counter()
-    generator, sizes = prepare_data(args)
-    print(f"[study] data: {sizes} (generator {generator})", flush=True)
+    wall, generator, sizes = study.start_study(args, prepare_data)
 
     rows, pseudo_summary, teacher = [], None, None
     for name in args.rows:
@@ -198,12 +193,8 @@ def run_study(args, argv=None):
         generator=generator,
         splits=sizes,
         seed=args.seed,
-        settings={
-            "max_iter": args.max_iter, "base_lr": args.lr, "ims_per_batch": args.batch,
-            "min_size_train": args.min_size_train, "min_size_test": args.min_size_test,
-            "decoder_channels": args.decoder_channels, "min_confidence": args.min_confidence,
-            "config_overrides": list(args.opts), "rows": list(args.rows),
-        },
+        settings=study.common_settings(args, decoder_channels=args.decoder_channels,
+                                       min_confidence=args.min_confidence),
         teacher=teacher,
         pseudo_labels=pseudo_summary,
         wall_seconds=round(wall, 1),

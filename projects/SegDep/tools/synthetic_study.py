@@ -198,12 +198,7 @@ def run_study(args, argv=None):
     import torch
 
     study = _study()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.makedirs(args.output, exist_ok=True)
-    wall = time.perf_counter()
-    generator, sizes = prepare_data(args)
-    print(f"[study] data: {sizes} (generator {generator})", flush=True)
+    wall, generator, sizes = study.start_study(args, prepare_data)
     trainer = trainer_class()
 
     rows = []
@@ -233,12 +228,7 @@ def run_study(args, argv=None):
         generator=generator,
         splits=sizes,
         seed=args.seed,
-        settings={
-            "max_iter": args.max_iter, "base_lr": args.lr, "ims_per_batch": args.batch,
-            "min_size_train": args.min_size_train, "min_size_test": args.min_size_test,
-            "flow_loss_weight": args.flow_loss_weight, "max_queries": args.max_queries,
-            "config_overrides": list(args.opts), "rows": list(args.rows),
-        },
+        settings=study.common_settings(args, flow_loss_weight=args.flow_loss_weight, max_queries=args.max_queries),
         wall_seconds=round(wall, 1),
         rows=rows,
         table_markdown=markdown_table(rows),
