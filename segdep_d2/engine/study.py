@@ -14,6 +14,9 @@ printed as a Markdown table and recorded as JSON.
 * :func:`study_record` + :func:`write_study_record`: the JSON record (commit, date, command line, then
   the study's fields) written to ``OUTPUT/study.json`` and, with ``--record DIR``, ``DIR/<record name>``.
 
+:func:`start_study` (threads, output folder, data) and :func:`common_settings` (the settings every record
+holds) keep the study scripts to their rows.
+
 :func:`git_commit` and :func:`json_safe` are also what ``tools/demo.py`` records its runs with.
 """
 import argparse
@@ -31,9 +34,10 @@ from collections import namedtuple
 from .trainer import SegDepTrainer
 
 __all__ = [
-    "Column", "TrainedRow", "REPO", "STAMP", "add_study_arguments", "check_study_args", "evaluate",
-    "generator_settings", "git_commit", "json_safe", "markdown_table", "prepare_synthetic_vkitti2",
-    "study_cfg", "study_record", "train_row", "untrained_results", "with_metrics", "write_study_record",
+    "Column", "TrainedRow", "REPO", "STAMP", "add_study_arguments", "check_study_args", "common_settings",
+    "evaluate", "generator_settings", "git_commit", "json_safe", "markdown_table", "prepare_synthetic_vkitti2",
+    "start_study", "study_cfg", "study_record", "train_row", "untrained_results", "with_metrics",
+    "write_study_record",
 ]
 
 # the repository checkout this package lives in (configs and the recorded command are relative to it)
