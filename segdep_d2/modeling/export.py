@@ -148,7 +148,8 @@ def network_for(model, outputs="logits") -> nn.Module:
 
 def _check_size(model, network, height, width):
     divisibility = model._size_divisibility()
-    if not network.pads_input and (height % divisibility or width % divisibility):
+    # 0: the model pads nothing (detectron2's SIZE_DIVISIBILITY -1 with a backbone that asks for none)
+    if not network.pads_input and divisibility > 0 and (height % divisibility or width % divisibility):
         raise ValueError(
             f"Export size {height}x{width} must be a multiple of the backbone's size divisibility "
             f"{divisibility}; pad your images to such a size"
@@ -616,8 +617,8 @@ def exported_inference(network, model, batched_inputs, pads_input=True):
     for x in batched_inputs:
         image = x["image"].to(torch.float32)[None]
         height, width = image.shape[-2:]
-        if not pads_input:
-            d = model._size_divisibility()
+        d = model._size_divisibility()
+        if not pads_input and d > 0:  # d = 0: the model pads nothing
             pad = (0, (d - width % d) % d, 0, (d - height % d) % d)
             if any(pad):
                 mean = model.pixel_mean.to(image.device).view(1, -1, 1, 1)

@@ -74,6 +74,24 @@ def test_export_rejects_a_size_the_backbone_cannot_take(tool, tmp_path):
         tool.export(cfg, 100, 320, str(tmp_path))
 
 
+CITYSCAPES_CONFIG = os.path.join(
+    REPO_ROOT, "projects/PanopticDepthLab/configs/Cityscapes-PanopticDepth/"
+    "panoptic_depthlab_R_52_os16_mg124_poly_90k_bs32_crop_512_1024.yaml")
+
+
+def test_a_model_that_pads_nothing_exports(tool, tmp_path):
+    """The Cityscapes config (INPUT.SIZE_DIVISIBILITY -1, a ResNet asking for no divisibility: the model
+    pads nothing) exports at any size instead of dividing by zero, and matches eager there."""
+    from detectron2.modeling import build_model
+
+    cfg = tool.setup_cfg(CITYSCAPES_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+    assert build_model(cfg)._size_divisibility() == 0
+    info = tool.main(["--config-file", CITYSCAPES_CONFIG, "--height", "64", "--width", "128", "--output",
+                      str(tmp_path), "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+    assert info["input"]["shape"] == [1, 3, 64, 128]
+    assert max(info["max_abs_diff_exported_vs_eager"].values()) < 1e-4
+
+
 # ---- ONNX ----------------------------------------------------------------------------------------
 HYDRANET_CONFIG = os.path.join(REPO_ROOT, "projects/HydraNet/configs/Synthetic-HydraNet/hydranet_mbv2_cpu.yaml")
 HH, HW = 64, 96  # export size (a multiple of 32)
