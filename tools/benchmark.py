@@ -373,15 +373,11 @@ def onnxruntime_profile(path, height, width, threads, runs=5):
     import tempfile
 
     import numpy as np
-    import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads, options.inter_op_num_threads = int(threads), 1
+    from segdep_d2.modeling.export import _session
+
     with tempfile.TemporaryDirectory(prefix="segdep_ort_profile_") as folder:
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(folder, "profile")
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session = _session(path, threads, spinning=False, profile_prefix=os.path.join(folder, "profile"))
         feed = {session.get_inputs()[0].name: np.zeros((1, 3, height, width), np.float32)}
         session.run(None, feed)  # warm-up: allocations, kernel selection
         started = time.perf_counter()

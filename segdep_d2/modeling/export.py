@@ -459,10 +459,15 @@ def _topological(nodes, graph):
     return ordered
 
 
-def _session(path, threads=None, spinning=True):
+def _session(path, threads=None, spinning=True, profile_prefix=None):
+    """An onnxruntime CPU session with every graph optimisation; ``profile_prefix``: onnxruntime's
+    profiler on, its JSON written under that prefix (``session.end_profiling()`` returns the file)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = int(threads)
