@@ -81,10 +81,7 @@ class DepthPanopticDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        from detectron2.modeling import META_ARCH_REGISTRY
-
-        from ...modeling.meta_arch import model_outputs  # at call time: modeling imports data
-        from ...modeling.meta_arch.segdep import SegDep
+        from ...modeling.meta_arch import model_outputs, reads_previous_frame  # at call time: modeling imports data
 
         dataset_name = cfg.DATASETS.TRAIN[0] if is_train else cfg.DATASETS.TEST[0]
         meta = MetadataCatalog.get(dataset_name)
@@ -104,10 +101,9 @@ class DepthPanopticDatasetMapper:
             "depth_range": meta.get("depth_range", (1e-3, 80.0)),
             "panoptic_target_generator": generator,
             "panoptic_targets": "panoptic_seg" in model_outputs(cfg),
-            # only SegDep has a temporal refinement that reads prev_image; other models would only
-            # pay for reading the previous frame
-            "previous_frame": issubclass(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), SegDep)
-            and bool(cfg.MODEL.SEGDEP.TEMPORAL),
+            # only a model that declares it reads the previous frame (SegDep with its motion module);
+            # others would only pay for the reading
+            "previous_frame": reads_previous_frame(cfg),
         }
 
     def __call__(self, dataset_dict):

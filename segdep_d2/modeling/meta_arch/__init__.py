@@ -4,7 +4,7 @@ from .hydranet import HydraNet
 from .panoptic_depthlab import PanopticDepthLab
 from .segdep import SegDep
 
-__all__ = ["HydraNet", "PanopticDepthLab", "SegDep", "model_outputs"]
+__all__ = ["HydraNet", "PanopticDepthLab", "SegDep", "model_outputs", "reads_previous_frame"]
 
 ALL_OUTPUTS = ("sem_seg", "depth", "panoptic_seg")
 
@@ -15,3 +15,11 @@ def model_outputs(cfg):
     ``panoptic_seg`` for a meta-arch that does not declare it (PanopticDepthLab)."""
     arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
     return tuple(getattr(arch, "OUTPUTS", ALL_OUTPUTS))
+
+
+def reads_previous_frame(cfg) -> bool:
+    """Whether ``cfg``'s model trains on the previous video frame (``prev_image`` + ``prev_flow``, what
+    the mapper then reads): its classmethod ``reads_previous_frame(cfg)``; False for a model without."""
+    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    hook = getattr(arch, "reads_previous_frame", None)
+    return bool(hook(cfg)) if hook is not None else False

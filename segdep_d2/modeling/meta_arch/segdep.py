@@ -141,6 +141,11 @@ class SegDep(nn.Module):
     # declaring it would make the mapper build center / offset targets nothing learns from and the
     # trainer score PQ on connected components. "open_vocab_seg" is for an open-vocab evaluator.
     OUTPUTS = ("sem_seg", "depth", "open_vocab_seg")
+
+    @classmethod
+    def reads_previous_frame(cls, cfg) -> bool:
+        """The motion module trains on the previous frame (the mapper then delivers ``prev_image``)."""
+        return bool(cfg.MODEL.SEGDEP.TEMPORAL)
     # Parameters without weight decay (SegDepTrainer.build_optimizer): CLIP's learned temperature.
     NO_WEIGHT_DECAY = ("logit_scale",)
 
