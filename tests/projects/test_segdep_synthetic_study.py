@@ -84,9 +84,13 @@ def test_every_row_is_trained_evaluated_and_recorded(study):
     rows = {r["row"]: r for r in report["rows"]}
     assert list(rows) == list(module.ROWS) == ["untrained", "plain", "motion"]
     for name, row in rows.items():
-        for key in ROW_KEYS:
-            assert row[key] is not None and math.isfinite(row[key]), (name, key)
         results = row["results"]
+        for key in ROW_KEYS:
+            if key == "distance_error" and (row[key] is None or not math.isfinite(row[key])):
+                # no query got a mask, so no distance to compare (an untrained head): recorded as null
+                assert results["referring"]["num_without_depth"] == results["referring"]["num_queries"], name
+                continue
+            assert row[key] is not None and math.isfinite(row[key]), (name, key)
         assert {"sem_seg", "depth", "referring", "temporal"} <= set(results)
         assert results["referring"]["num_queries"] == report["splits"]["val_queries"] > 0
         assert results["temporal"]["num_pairs"] > 0
