@@ -33,7 +33,10 @@ def add_segdep_config(cfg):
     # "berhu" (reverse / inverse Huber), "silog" (scale-invariant log).
     cfg.MODEL.DEPTH_HEAD.LOSSES = ["l1"]
     cfg.MODEL.DEPTH_HEAD.LOSS_WEIGHTS = [1.0]
-    cfg.MODEL.DEPTH_HEAD.BERHU_THRESHOLD = 0.2  # c = threshold * max |residual| in the batch
+    # BerHu's switch point c: "relative" c = BERHU_THRESHOLD * max |residual| in the batch (Laina et
+    # al., HydraNet); "absolute" c = BERHU_THRESHOLD on the loss's scale (SafeTrip-Q: 0.1 on depth / 80 m).
+    cfg.MODEL.DEPTH_HEAD.BERHU_THRESHOLD = 0.2
+    cfg.MODEL.DEPTH_HEAD.BERHU_THRESHOLD_MODE = "relative"
     cfg.MODEL.DEPTH_HEAD.SILOG_VARIANCE_FOCUS = 0.85
     cfg.MODEL.DEPTH_HEAD.LOSS_WEIGHT = 1.0
 
@@ -86,6 +89,9 @@ def _add_hydranet_config(cfg):
     cfg.MODEL.HYDRANET.DEPTH_LOSS_WEIGHT = 0.5
     # Per-class cross-entropy weights (NUM_CLASSES floats); [] = unweighted.
     cfg.MODEL.HYDRANET.CLASS_WEIGHTS = []
+    # Or a class-weights JSON (datasets/prepare_sidewalk.py writes one beside the data); a relative
+    # path is under $DETECTRON2_DATASETS (default "datasets"). Not both.
+    cfg.MODEL.HYDRANET.CLASS_WEIGHTS_FILE = ""
     # Kendall uncertainty weighting (SafeTrip-Q): learned log-variances s_i replace the two loss
     # weights above, L = sum_i exp(-s_i) L_i + s_i.
     cfg.MODEL.HYDRANET.UNCERTAINTY_WEIGHTING = False

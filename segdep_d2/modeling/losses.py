@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
-    "masked_l1_loss", "berhu_loss", "silog_loss", "DEPTH_LOSSES", "masked_cross_entropy", "UncertaintyWeighting",
+    "masked_l1_loss", "berhu_loss", "berhu_relative", "BERHU_THRESHOLD_MODES", "silog_loss", "DEPTH_LOSSES",
+    "masked_cross_entropy", "UncertaintyWeighting",
     "label_boundary_band", "boundary_aware_focal_loss", "open_vocab_distillation_loss", "info_nce_alignment_loss",
     "dice_loss",
 ]
@@ -33,16 +34,30 @@ def masked_l1_loss(pred, target, valid):
     return (pred[valid] - target[valid]).abs().mean()
 
 
-def berhu_loss(pred, target, valid, threshold=0.2):
+BERHU_THRESHOLD_MODES = ("relative", "absolute")
+
+
+def berhu_relative(mode: str) -> bool:
+    """``MODEL.DEPTH_HEAD.BERHU_THRESHOLD_MODE`` -> the ``relative`` flag of :func:`berhu_loss`."""
+    if mode not in BERHU_THRESHOLD_MODES:
+        raise ValueError(f"MODEL.DEPTH_HEAD.BERHU_THRESHOLD_MODE must be one of {BERHU_THRESHOLD_MODES}, got {mode!r}")
+    return mode == "relative"
+
+
+def berhu_loss(pred, target, valid, threshold=0.2, relative=True):
     """Reverse Huber (BerHu), a.k.a. the inverse Huber loss of HydraNet (Nekrasov et al.).
 
-    L1 for residuals up to c, (r^2 + c^2) / 2c above, with c = ``threshold`` * max |r| in the batch
-    (Laina et al.); c is not differentiated through.
+    L1 for residuals up to c, (r^2 + c^2) / 2c above. ``relative``: c = ``threshold`` * max |r| in
+    the batch (Laina et al.; c is not differentiated through); otherwise c = ``threshold``, a fixed
+    delta on the loss's scale (the SafeTrip-Q variant: 0.1 on depth / 80 m).
     """
     if not valid.any():
         return _empty(pred)
     residual = (pred[valid] - target[valid]).abs()
-    c = (threshold * residual.max().detach()).clamp(min=1e-6)
+    if relative:
+        c = (threshold * residual.max().detach()).clamp(min=1e-6)
+    else:
+        c = torch.as_tensor(float(threshold), dtype=residual.dtype, device=residual.device)
     return torch.where(residual <= c, residual, (residual**2 + c**2) / (2 * c)).mean()
 
 

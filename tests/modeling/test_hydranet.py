@@ -15,6 +15,7 @@ import segdep_d2  # noqa: F401
 from segdep_d2 import add_segdep_config
 from segdep_d2.engine import SegDepTrainer
 from segdep_d2.modeling.heads.refinenet import CRPBlock
+from segdep_d2.data.class_weights import write_class_weights
 from segdep_d2.modeling.losses import UncertaintyWeighting, berhu_loss
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -188,6 +189,31 @@ def test_sigmoid_depth_berhu_on_the_normalised_scale_and_class_weights():
     assert losses["loss_sem_seg"].item() == pytest.approx(ce.item(), rel=1e-5)
     with pytest.raises(ValueError, match="CLASS_WEIGHTS"):
         _model("MODEL.HYDRANET.CLASS_WEIGHTS", "[1.0, 2.0]")
+
+
+def test_safetrip_depth_loss_and_class_weights_file(tmp_path, monkeypatch):
+    # SafeTrip-Q: BerHu with a fixed delta 0.1 on depth / 80 m; class weights from the file
+    # datasets/prepare_sidewalk.py writes (a relative path is under $DETECTRON2_DATASETS)
+    counts = [100 * (i + 1) for i in range(14)]
+    weights = write_class_weights(str(tmp_path / "class_weights.json"), [f"c{i}" for i in range(14)], counts)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    model = _model(
+        "MODEL.DEPTH_HEAD.OUTPUT_TYPE", "sigmoid", "MODEL.DEPTH_HEAD.BERHU_THRESHOLD", "0.1",
+        "MODEL.DEPTH_HEAD.BERHU_THRESHOLD_MODE", "absolute", "MODEL.HYDRANET.CLASS_WEIGHTS_FILE", "class_weights.json",
+    ).train()
+    assert model.class_weights.tolist() == pytest.approx(weights.tolist(), rel=1e-5)
+    x = _sample(64, 96)
+    losses = model([x])
+    with torch.no_grad():
+        sem, depth = model.network_outputs(model.preprocess_image([x]).tensor)
+    bh = berhu_loss(depth[:, 0] / 80.0, x["depth"][None] / 80.0, x["depth_valid"][None], 0.1, relative=False)
+    ce = nn.functional.cross_entropy(sem, x["sem_seg"][None], weight=model.class_weights)
+    assert losses["loss_depth"].item() == pytest.approx(0.5 * bh.item(), rel=1e-5)
+    assert losses["loss_sem_seg"].item() == pytest.approx(ce.item(), rel=1e-5)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        _model("MODEL.HYDRANET.CLASS_WEIGHTS_FILE", "missing.json")
+    with pytest.raises(ValueError, match="not both"):
+        _model("MODEL.HYDRANET.CLASS_WEIGHTS_FILE", "class_weights.json", "MODEL.HYDRANET.CLASS_WEIGHTS", str([1.0] * 14))
 
 
 def test_uncertainty_weighting_formula():

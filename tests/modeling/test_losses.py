@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from segdep_d2.modeling.losses import berhu_loss, masked_l1_loss, silog_loss
+from segdep_d2.modeling.losses import berhu_loss, berhu_relative, masked_l1_loss, silog_loss
 
 PRED = torch.tensor([[1.0, 2.0], [4.0, 10.0]])
 GT = torch.tensor([[2.0, 2.0], [5.0, 0.0]])
@@ -21,6 +21,21 @@ def test_berhu_by_hand():
     valid = torch.ones(3, dtype=torch.bool)
     # residuals 0.5, 0, 4; c = 0.2 * 4 = 0.8 -> L1 for 0.5 and 0, (16 + 0.64) / 1.6 = 10.4 for 4
     assert berhu_loss(pred, gt, valid, threshold=0.2).item() == pytest.approx((0.5 + 0.0 + 10.4) / 3)
+
+
+def test_berhu_with_an_absolute_delta_by_hand():
+    # SafeTrip-Q: delta = 0.1 on depth / 80 m, whatever the batch's largest residual
+    pred = torch.tensor([0.05, 0.30, 0.10])
+    gt = torch.tensor([0.0, 0.0, 0.10])
+    valid = torch.ones(3, dtype=torch.bool)
+    # residuals 0.05 (L1), 0.3 -> (0.09 + 0.01) / 0.2 = 0.5, 0
+    assert berhu_loss(pred, gt, valid, threshold=0.1, relative=False).item() == pytest.approx((0.05 + 0.5) / 3)
+    # relative: c = 0.1 * 0.3 = 0.03 -> 0.05 becomes (0.0025 + 0.0009) / 0.06
+    assert berhu_loss(pred, gt, valid, threshold=0.1).item() == pytest.approx(
+        ((0.0025 + 0.0009) / 0.06 + (0.09 + 0.0009) / 0.06) / 3
+    )
+    with pytest.raises(ValueError, match="BERHU_THRESHOLD_MODE"):
+        berhu_relative("fixed")
 
 
 def test_silog_by_hand_and_scale_invariance():

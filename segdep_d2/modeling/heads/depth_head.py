@@ -11,7 +11,7 @@ from detectron2.utils.registry import Registry
 from torch import nn
 from torch.nn import functional as F
 
-from ..losses import DEPTH_LOSSES
+from ..losses import DEPTH_LOSSES, berhu_relative
 
 __all__ = [
     "DEPTH_HEAD_REGISTRY", "build_depth_head", "PanopticDepthLabDepthHead", "depth_from_logits", "init_depth_predictor",
@@ -81,6 +81,7 @@ class PanopticDepthLabDepthHead(DeepLabV3PlusHead):
         loss_weights: Sequence[float],
         loss_weight: float,
         berhu_threshold: float = 0.2,
+        berhu_relative: bool = True,
         silog_variance_focus: float = 0.85,
         **kwargs,
     ):
@@ -92,7 +93,10 @@ class PanopticDepthLabDepthHead(DeepLabV3PlusHead):
         self.max_depth = max_depth
         self.loss_terms = list(zip(losses, loss_weights))
         self.loss_weight = loss_weight
-        self.loss_kwargs = {"berhu": {"threshold": berhu_threshold}, "silog": {"variance_focus": silog_variance_focus}}
+        self.loss_kwargs = {
+            "berhu": {"threshold": berhu_threshold, "relative": berhu_relative},
+            "silog": {"variance_focus": silog_variance_focus},
+        }
 
         use_bias = norm == ""
         self.head = nn.Sequential(
@@ -131,6 +135,7 @@ class PanopticDepthLabDepthHead(DeepLabV3PlusHead):
             loss_weights=head.LOSS_WEIGHTS,
             loss_weight=head.LOSS_WEIGHT,
             berhu_threshold=head.BERHU_THRESHOLD,
+            berhu_relative=berhu_relative(head.BERHU_THRESHOLD_MODE),
             silog_variance_focus=head.SILOG_VARIANCE_FOCUS,
             use_depthwise_separable_conv=cfg.MODEL.SEM_SEG_HEAD.USE_DEPTHWISE_SEPARABLE_CONV,
         )

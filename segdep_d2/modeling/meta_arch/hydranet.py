@@ -17,9 +17,10 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 from torch.nn import functional as F
 
+from ...data.class_weights import dataset_path, read_class_weights
 from ..heads.depth_head import check_depth_settings, depth_from_logits, init_depth_predictor
 from ..heads.refinenet import HydraTaskHead, LightWeightRefineNetDecoder, upsample_bilinear
-from ..losses import DEPTH_LOSSES, UncertaintyWeighting, masked_cross_entropy
+from ..losses import DEPTH_LOSSES, UncertaintyWeighting, berhu_relative, masked_cross_entropy
 from .targets import batch_dense_targets
 
 __all__ = ["HydraNet"]
@@ -72,6 +73,7 @@ class HydraNet(nn.Module):
         depth_losses: Sequence[str] = ("berhu",),
         depth_loss_weights: Sequence[float] = (1.0,),
         berhu_threshold: float = 0.2,
+        berhu_relative: bool = True,
         silog_variance_focus: float = 0.85,
     ):
         super().__init__()
@@ -100,7 +102,7 @@ class HydraNet(nn.Module):
         self.max_depth = max_depth
         self.depth_loss_terms = list(zip(depth_losses, depth_loss_weights))
         self.depth_loss_kwargs = {
-            "berhu": {"threshold": berhu_threshold},
+            "berhu": {"threshold": berhu_threshold, "relative": berhu_relative},
             "silog": {"variance_focus": silog_variance_focus},
         }
         init_depth_predictor(depth_head.predictor, depth_output_type, min_depth, max_depth)
@@ -122,7 +124,7 @@ class HydraNet(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": node.SIZE_DIVISIBILITY,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "class_weights": list(node.CLASS_WEIGHTS),
+            "class_weights": _class_weights(cfg),
             "seg_loss_weight": node.SEG_LOSS_WEIGHT,
             "depth_loss_weight": node.DEPTH_LOSS_WEIGHT,
             "uncertainty_weighting": node.UNCERTAINTY_WEIGHTING,
@@ -132,6 +134,7 @@ class HydraNet(nn.Module):
             "depth_losses": list(depth.LOSSES),
             "depth_loss_weights": list(depth.LOSS_WEIGHTS),
             "berhu_threshold": depth.BERHU_THRESHOLD,
+            "berhu_relative": berhu_relative(depth.BERHU_THRESHOLD_MODE),
             "silog_variance_focus": depth.SILOG_VARIANCE_FOCUS,
         }
 
@@ -229,6 +232,17 @@ class HydraNet(nn.Module):
                 semantic = {"sem_seg_labels": _crop_and_resize_labels(sem, image_size, height, width)}
             processed.append({**semantic, "depth": _crop_and_resize(depth, image_size, height, width)[0]})
         return processed
+
+
+def _class_weights(cfg):
+    """``MODEL.HYDRANET.CLASS_WEIGHTS``, or the weights of ``CLASS_WEIGHTS_FILE`` (a relative path is
+    under $DETECTRON2_DATASETS), checked against ``NUM_CLASSES``."""
+    node = cfg.MODEL.HYDRANET
+    if not node.CLASS_WEIGHTS_FILE:
+        return list(node.CLASS_WEIGHTS)
+    if node.CLASS_WEIGHTS:
+        raise ValueError("Set MODEL.HYDRANET.CLASS_WEIGHTS or MODEL.HYDRANET.CLASS_WEIGHTS_FILE, not both")
+    return read_class_weights(dataset_path(node.CLASS_WEIGHTS_FILE), cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
 
 
 def _crop_and_resize(result, image_size, height, width):

@@ -70,6 +70,7 @@ from ..heads.depth_head import check_depth_settings, depth_from_logits, init_dep
 from ..heads.segdep_heads import OpenVocabHead, ReferringHead, SegDepTaskHead, TextVisionFusion
 from ..heads.temporal import MotionHead, TemporalFusion, warp
 from ..losses import (
+    berhu_relative,
     boundary_aware_focal_loss,
     dice_loss,
     info_nce_alignment_loss,
@@ -185,6 +186,7 @@ class SegDep(nn.Module):
         depth_losses: Sequence[str] = ("l1", "berhu", "silog"),
         depth_loss_weights: Sequence[float] = (1.0, 1.0, 1.0),
         berhu_threshold: float = 0.2,
+        berhu_relative: bool = True,
         silog_variance_focus: float = 0.85,
         thing_ids: Sequence[int] = (),
         label_divisor: int = 1000,
@@ -286,7 +288,7 @@ class SegDep(nn.Module):
         self.max_depth = max_depth
         self.depth_loss_terms = list(zip(depth_losses, depth_loss_weights))
         self.depth_loss_kwargs = {
-            "berhu": {"threshold": berhu_threshold},
+            "berhu": {"threshold": berhu_threshold, "relative": berhu_relative},
             "silog": {"variance_focus": silog_variance_focus},
         }
         init_depth_predictor(depth_head.predictor, depth_output_type, min_depth, max_depth)
@@ -373,6 +375,7 @@ class SegDep(nn.Module):
             "depth_losses": list(depth.LOSSES),
             "depth_loss_weights": list(depth.LOSS_WEIGHTS),
             "berhu_threshold": depth.BERHU_THRESHOLD,
+            "berhu_relative": berhu_relative(depth.BERHU_THRESHOLD_MODE),
             "silog_variance_focus": depth.SILOG_VARIANCE_FOCUS,
             "thing_ids": thing_ids,
             "label_divisor": meta.get("label_divisor", 1000) if meta is not None else 1000,
