@@ -1,6 +1,6 @@
 """The one place where semantic and panoptic ground truth are decoded from disk.
 
-Two layouts exist:
+These layouts exist:
 
 * detectron2's standard: ``sem_seg_file_name`` is a single-channel PNG of contiguous ids and
   ``pan_seg_file_name`` an RGB PNG (id = R + 256 G + 256^2 B) described by ``segments_info``
@@ -12,6 +12,10 @@ Two layouts exist:
   ids (255 = ignore) through cityscapesscripts' label table. detectron2's stock readers would take
   these ids for classes: registered datasets hand out prepared trainId PNGs instead (see
   ``datasets/kitti.py``); this case is what the preparation reads with.
+* ``label_format == "cvat"``: a CVAT for-images 1.1 XML (``sem_seg_file_name``, shared by every
+  image of the XML) whose polygons for the image ``cvat_image_name`` are rasterised through
+  ``cvat_label_to_id`` (and ``cvat_attribute_to_id``) by :func:`segdep_d2.data.cvat.rasterize_cvat`
+  (the Korean sidewalk dataset, ``datasets/sidewalk.py``).
 
 ``read_sem_seg`` and ``read_panoptic`` give both the same shape, so mappers and evaluators never
 care which one a dataset uses.
@@ -23,6 +27,7 @@ import numpy as np
 from PIL import Image
 from panopticapi.utils import rgb2id
 
+from .cvat import rasterize_cvat
 from .datasets.vkitti2_categories import (
     VKITTI2_CATEGORIES,
     VKITTI2_IGNORE_LABEL,
@@ -144,6 +149,11 @@ def read_sem_seg(dataset_dict) -> np.ndarray:
         return _decode_vkitti2_classgt(path, dataset_dict["colors_file_name"])
     if label_format == "cityscapes_label_ids":
         return _decode_cityscapes_label_ids(path)
+    if label_format == "cvat":
+        return rasterize_cvat(
+            path, dataset_dict["cvat_image_name"], dataset_dict["cvat_label_to_id"],
+            attribute_to_id=dataset_dict.get("cvat_attribute_to_id"),
+        )
     with _open(path, "Semantic label") as im:
         if im.mode not in ("L", "P", "I", "I;16"):
             raise LabelFormatError(f"{path}: expected a single-channel label PNG, got mode {im.mode}")

@@ -15,13 +15,15 @@ logger = logging.getLogger(__name__)
 
 def _sem_seg_loader(dataset_name):
     """A ``sem_seg_loading_fn`` for SemSegEvaluator that decodes any label layout we read
-    (VKITTI2's colour PNGs included) through :func:`read_sem_seg`."""
-    records = {
-        r["sem_seg_file_name"]: r for r in DatasetCatalog.get(dataset_name) if "sem_seg_file_name" in r
-    }
+    (VKITTI2's colour PNGs, CVAT XMLs included) through :func:`read_sem_seg`.
 
-    def load(filename, dtype=int):
-        return read_sem_seg(records[filename]).astype(dtype)
+    It is keyed by the image ``file_name``, not by ``sem_seg_file_name``: the images of one CVAT
+    XML share that file (the XML), and each must get its own labels. The evaluator hands it
+    ``file_name`` (see ``LabelledSemSegEvaluator.__init__``)."""
+    records = {r["file_name"]: r for r in DatasetCatalog.get(dataset_name) if "sem_seg_file_name" in r}
+
+    def load(file_name, dtype=int):
+        return read_sem_seg(records[file_name]).astype(dtype)
 
     return load
 
@@ -48,6 +50,9 @@ class LabelledSemSegEvaluator(SemSegEvaluator):
         subset = _labelled_subset(dataset_name, lambda r: "sem_seg_file_name" in r, "sem_seg")
         super().__init__(subset, distributed=distributed, output_dir=output_dir,
                          sem_seg_loading_fn=_sem_seg_loader(subset))
+        # SemSegEvaluator.process loads sem_seg_loading_fn(input_file_to_gt_file[file_name]); our
+        # loader is keyed by the image itself (records may share sem_seg_file_name: CVAT XMLs).
+        self.input_file_to_gt_file = {file_name: file_name for file_name in self.input_file_to_gt_file}
         self._num_images = 0
 
     def reset(self):

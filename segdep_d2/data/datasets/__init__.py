@@ -13,6 +13,8 @@ from .kitti import (
     register_kitti_eigen,
     register_kitti_sem_seg,
 )
+from .sidewalk import load_sidewalk, register_all_sidewalk, register_sidewalk, sidewalk_metadata, sidewalk_split_of
+from .sidewalk_categories import SIDEWALK_CLASSES, sidewalk_label_to_id
 from .vkitti2 import load_vkitti2, load_vkitti2_referring, register_vkitti2, register_vkitti2_referring
 from .vkitti2_categories import VKITTI2_CATEGORIES
 from .vkitti2_prepared import prepare_vkitti2, register_vkitti2_panoptic, register_vkitti2_sem_seg
@@ -48,4 +50,11 @@ __all__ = [
     "register_nyuv2",
     "load_nyuv2",
     "NYUV2_CLASSES",
+    "load_sidewalk",
+    "register_sidewalk",
+    "register_all_sidewalk",
+    "sidewalk_metadata",
+    "sidewalk_split_of",
+    "sidewalk_label_to_id",
+    "SIDEWALK_CLASSES",
 ]

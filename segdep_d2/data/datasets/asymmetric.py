@@ -21,13 +21,16 @@ __all__ = ["LABEL_TASKS", "LABEL_KEYS", "record_tasks", "keep_labels", "register
 
 LABEL_TASKS = ("sem_seg", "depth")
 # The record keys that make up each task's label. Segmentation: the semantic PNG with its decoding
-# (label_format / colors_file_name: VKITTI2's colour PNGs) and the panoptic / instance labels, which
-# also give a semantic target (the mapper reads them when there is no sem_seg PNG).
-# camera_file_name and intrinsics stay: they describe the image, not a label.
+# (label_format / colors_file_name: VKITTI2's colour PNGs; cvat_*: the image and class maps of a
+# CVAT XML) and the panoptic / instance labels, which also give a semantic target (the mapper reads
+# them when there is no sem_seg PNG). Depth: the map, its encoding and what decoding it needs beyond
+# the camera (a ZED confidence map, the disparity scale). camera_file_name and intrinsics stay: they
+# describe the image, not a label.
 LABEL_KEYS = {
     "sem_seg": ("sem_seg_file_name", "label_format", "colors_file_name", "instance_file_name",
-                "pan_seg_file_name", "segments_info"),
-    "depth": ("depth_file_name", "depth_format"),
+                "pan_seg_file_name", "segments_info",
+                "cvat_image_name", "cvat_label_to_id", "cvat_attribute_to_id"),
+    "depth": ("depth_file_name", "depth_format", "confidence_file_name", "disparity_scale"),
 }
 
 
