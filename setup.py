@@ -37,6 +37,9 @@ setup(
         "onnx==1.23.2",
         "onnxruntime==1.32.0",
         "ml_dtypes<0.6",
+        # tools/generate_pseudo_labels.py with a Hugging Face SegFormer checkpoint folder as teacher (the
+        # SafeTrip-Q seed's mit-b2); imported only for such a teacher. Tested with 5.x on numpy 1.26.
+        "transformers",
     ],
     extras_require={"test": ["pytest"]},
 )

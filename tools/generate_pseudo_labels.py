@@ -5,11 +5,23 @@
     python tools/generate_pseudo_labels.py --teacher-config C --teacher-weights W \\
         --dataset NAME --task sem_seg|depth [--min-confidence 0.7] [--class-map MAP.json] \\
         --output DIR [KEY VALUE ...]
+    python tools/generate_pseudo_labels.py --teacher-config HF_FOLDER \\
+        --dataset NAME --task sem_seg [--min-confidence 0.7] [--class-map MAP.json] --output DIR
 
 The teacher is any model detectron2's ``build_model`` makes from C (segdep_d2's, or a detectron2
 semantic segmentation model such as ``SemanticSegmentor``), run with detectron2's test-time resize
-(``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) and outputs at the original size. Writes
-``DIR/sem_seg/<stem>.png`` (uint8 train ids, 255 = ignore, also where the softmax maximum is under
+(``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) and outputs at the original size.
+
+Or, with ``--teacher-config`` naming a folder and no ``--teacher-weights``, a Hugging Face SegFormer
+checkpoint (``SegformerForSemanticSegmentation.save_pretrained``'s folder, optionally with the
+``preprocessor_config.json`` of ``SegformerImageProcessor.save_pretrained``, e.g. the SafeTrip-Q
+mit-b2 teacher; sem_seg only). It is read from the local files only (never downloaded; needs the
+``transformers`` package), normalised with the processor's mean / std, its shortest edge resized to
+the processor's size, and its classes are its ``config.json`` id2label names (matched to the
+dataset's by name, or through ``--class-map``). ``KEY VALUE`` pairs such as ``MODEL.DEVICE cpu`` or
+``INPUT.MIN_SIZE_TEST 1024`` apply to it too.
+
+Writes ``DIR/sem_seg/<stem>.png`` (uint8 train ids, 255 = ignore, also where the softmax maximum is under
 ``--min-confidence``) or ``DIR/depth/<stem>.png|.npy`` (the dataset's depth encoding), and
 ``DIR/manifest.json`` registered as ``NAME_pseudo_<task>``; in a later process (training):
 
@@ -44,8 +56,14 @@ logger = logging.getLogger("segdep_d2.pseudo_labels")
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher-config", required=True, metavar="FILE", help="the teacher's config file")
-    parser.add_argument("--teacher-weights", required=True, metavar="FILE", help="the teacher's checkpoint")
+    parser.add_argument(
+        "--teacher-config", required=True, metavar="FILE|FOLDER",
+        help="the teacher's detectron2 config file, or a Hugging Face SegFormer checkpoint folder (with config.json)",
+    )
+    parser.add_argument(
+        "--teacher-weights", default=None, metavar="FILE",
+        help="the teacher's checkpoint: required with a config file, not given with a Hugging Face folder",
+    )
     parser.add_argument("--dataset", required=True, help="registered dataset to label, e.g. kitti_depth_train")
     parser.add_argument("--task", required=True, choices=PSEUDO_TASKS, help="the label type to write")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the pseudo-labels and manifest")

@@ -13,6 +13,18 @@ The teacher is any model ``build_model(cfg)`` makes (segdep_d2's meta-architectu
 (``cfg.INPUT.FORMAT``, ``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``, as ``DatasetMapper``)
 and the outputs come back at the original size (``height`` / ``width`` in the model input).
 
+Or a Hugging Face SegFormer checkpoint folder (what ``SegformerForSemanticSegmentation.save_pretrained``
+writes, optionally with ``SegformerImageProcessor.save_pretrained``'s ``preprocessor_config.json``),
+such as the SafeTrip-Q seed's mit-b2 teacher (semantic pseudo-labels only)::
+
+    cfg, model = load_teacher("checkpoints/segformer_b2")      # a folder: no weights argument
+    cfg, model = load_hf_teacher("checkpoints/segformer_b2", device="cpu")    # the same, explicitly
+
+It is loaded from the local files only (``local_files_only=True``, never a download) and wrapped in
+:class:`SegformerTeacher`, which speaks detectron2's model interface; ``cfg`` is a detectron2 config
+describing it (:func:`load_hf_teacher`), and :func:`teacher_classes` gives its ``config.id2label``
+names in id order. ``transformers`` is imported only for such a teacher.
+
 Written under ``output_dir``:
 
 * ``sem_seg/<stem>.png``: uint8 label-id PNG (the dataset's contiguous train ids, 255 = ignore):
@@ -49,7 +61,7 @@ from detectron2.data import transforms as T
 from PIL import Image
 
 from ..utils.files import json_writer, png_writer, remove_leftovers, replace_into
-from .datasets.generic import load_depth_manifest, resolve_depth_format
+from .datasets.generic import MANIFEST_PATH_KEYS, load_depth_manifest, resolve_depth_format
 from .depth_io import DEPTH_FORMATS, read_depth, write_depth
 from .label_io import read_sem_seg
 
@@ -61,6 +73,9 @@ __all__ = [
     "ClassMismatchError",
     "pseudo_dataset_name",
     "load_teacher",
+    "load_hf_teacher",
+    "is_hf_checkpoint",
+    "SegformerTeacher",
     "teacher_classes",
     "read_class_map",
     "class_lookup",
@@ -77,10 +92,22 @@ PSEUDO_TASKS = ("sem_seg", "depth")
 MANIFEST_NAME = "manifest.json"
 INFO_NAME = "pseudo_labels.json"
 IGNORE_LABEL = 255
-_PATH_KEYS = ("file_name", "depth_file_name", "camera_file_name", "sem_seg_file_name", "pan_seg_file_name")
 # keys that describe a record's ground-truth segmentation; replaced together by a pseudo sem_seg
+# (cvat_*: the sidewalk dataset's CVAT mask labels)
 _SEGMENTATION_KEYS = ("sem_seg_file_name", "label_format", "colors_file_name", "instance_file_name",
-                      "pan_seg_file_name", "segments_info")
+                      "pan_seg_file_name", "segments_info", "cvat_image_name", "cvat_label_to_id",
+                      "cvat_attribute_to_id")
+# Hugging Face checkpoint folders
+HF_CONFIG_NAME = "config.json"
+HF_PREPROCESSOR_NAME = "preprocessor_config.json"
+_HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                    "pytorch_model.bin.index.json")
+# SegformerImageProcessor's defaults (transformers' IMAGENET_DEFAULT_MEAN / _STD, 1/255, 512 x 512)
+_SEGFORMER_PREPROCESSOR = {
+    "do_resize": True, "size": {"height": 512, "width": 512},
+    "do_rescale": True, "rescale_factor": 1 / 255,
+    "do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+}
 
 
 class PseudoLabelError(ValueError):
@@ -106,19 +133,36 @@ def _has_label(record, task):
 # ---------------------------------------------------------------------------------------------
 
 
-def load_teacher(config_file, weights, opts=()):
+def load_teacher(config_file, weights=None, opts=()):
     """``(cfg, model)``: the config as tools/train_net.py builds it (``get_cfg`` +
     ``add_segdep_config``, which adds detectron2's DeepLab keys, + the file + ``opts``) with
     ``MODEL.WEIGHTS = weights``, and its model in eval mode with the weights loaded through
-    ``DetectionCheckpointer`` (.pth / .pkl, d2 model-zoo conversions included)."""
+    ``DetectionCheckpointer`` (.pth / .pkl, d2 model-zoo conversions included).
+
+    ``config_file`` may instead be a Hugging Face checkpoint folder (a directory with
+    ``config.json``): then ``weights`` is None (the folder holds them) and this is
+    :func:`load_hf_teacher` ``(config_file, opts=opts)``.
+    """
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
     from ..config import add_segdep_config
 
+    if os.path.isdir(config_file):
+        if weights and os.path.abspath(weights) != os.path.abspath(config_file):
+            raise PseudoLabelError(
+                f"the teacher {config_file} is a folder (a Hugging Face checkpoint), which holds its own weights: "
+                f"pass no teacher weights (--teacher-weights) with it, got {weights}"
+            )
+        return load_hf_teacher(config_file, opts=opts)
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Teacher config not found: {config_file}")
+    if not weights:
+        raise PseudoLabelError(
+            f"the teacher config {config_file} needs its weights (--teacher-weights FILE, weights=); only a "
+            f"Hugging Face checkpoint folder is a teacher by itself"
+        )
     if "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"Teacher weights not found: {weights}")
     cfg = get_cfg()
@@ -130,6 +174,248 @@ def load_teacher(config_file, weights, opts=()):
     model = build_model(cfg)
     DetectionCheckpointer(model).load(weights)
     return cfg, model.eval()
+
+
+def is_hf_checkpoint(path):
+    """Whether ``path`` is a Hugging Face checkpoint folder (a directory with ``config.json``)."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, HF_CONFIG_NAME))
+
+
+def _hf_teacher(cfg):
+    """The ``HF_TEACHER`` node of a config :func:`load_hf_teacher` made, else None."""
+    node = cfg.get("HF_TEACHER", None)
+    return node if node is not None and node.get("PATH", None) else None
+
+
+def _read_json(path, what):
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise PseudoLabelError(f"{path}: cannot read the {what} ({type(e).__name__}: {e})") from e
+    if not isinstance(value, dict):
+        raise PseudoLabelError(f"{path}: the {what} is not a JSON object")
+    return value
+
+
+def _segformer_preprocessing(folder):
+    """The preprocessing of ``folder``'s ``preprocessor_config.json`` (SegformerImageProcessor's
+    defaults for what it leaves out, or without it)."""
+    settings = dict(_SEGFORMER_PREPROCESSOR)
+    path = os.path.join(folder, HF_PREPROCESSOR_NAME)
+    if os.path.isfile(path):
+        settings.update({k: v for k, v in _read_json(path, "image processor config").items()
+                         if k in _SEGFORMER_PREPROCESSOR and v is not None})
+    else:
+        logger.info(f"{folder} has no {HF_PREPROCESSOR_NAME}: SegFormer's default preprocessing "
+                    f"(ImageNet mean / std, shortest edge 512)")
+    mean, std = settings["image_mean"], settings["image_std"]
+    mean = [float(mean)] * 3 if isinstance(mean, (int, float)) else [float(v) for v in mean]
+    std = [float(std)] * 3 if isinstance(std, (int, float)) else [float(v) for v in std]
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise PseudoLabelError(f"{path}: image_mean {mean} / image_std {std}: expected 3 values each, std > 0")
+    if not settings["do_normalize"]:
+        mean, std = [0.0] * 3, [1.0] * 3
+    rescale = float(settings["rescale_factor"]) if settings["do_rescale"] else 1.0
+    size = settings["size"] if settings["do_resize"] else None
+    if isinstance(size, int):
+        size = {"shortest_edge": size}
+    if size is None:
+        min_size, max_size = 0, 0  # ResizeShortestEdge(0): the image as it is
+    elif size.get("shortest_edge"):
+        min_size = int(size["shortest_edge"])
+        max_size = int(size.get("longest_edge") or max(1333, 2 * min_size))
+    elif size.get("height") and size.get("width"):
+        min_size = int(min(size["height"], size["width"]))
+        max_size = int(size.get("longest_edge") or max(1333, 2 * min_size))
+    else:
+        raise PseudoLabelError(f"{path}: size {size}: expected shortest_edge or height and width")
+    return {"image_mean": mean, "image_std": std, "rescale_factor": rescale,
+            "min_size_test": min_size, "max_size_test": max_size}
+
+
+class SegformerTeacher(torch.nn.Module):
+    """A Hugging Face ``SegformerForSemanticSegmentation`` behind detectron2's model interface.
+
+    ``forward(list of {"image": C x H x W tensor (0..255, ``input_format``), "height", "width"})``
+    returns ``[{"sem_seg": num_labels x height x width logits}]``: each image is rescaled
+    (``rescale_factor``, 1/255) and normalised (``image_mean`` / ``image_std``) as
+    SegformerImageProcessor does, run through the model (logits at 1/4 of the input's resolution),
+    and the logits are upsampled bilinearly to the input's size, then to ``height`` x ``width``
+    (the original image's, when the input was resized). Images are run one at a time (they may
+    differ in size).
+    """
+
+    def __init__(self, hf_model, image_mean, image_std, rescale_factor=1 / 255, input_format="RGB"):
+        super().__init__()
+        if input_format not in ("RGB", "BGR"):
+            raise PseudoLabelError(f"a SegFormer teacher reads RGB (or BGR) images, not INPUT.FORMAT {input_format!r}")
+        self.model = hf_model
+        self.input_format = input_format
+        self.rescale_factor = float(rescale_factor)
+        self.register_buffer("image_mean", torch.tensor(image_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("image_std", torch.tensor(image_std, dtype=torch.float32).view(-1, 1, 1), False)
+
+    @property
+    def device(self):
+        return self.image_mean.device
+
+    def normalize(self, image):
+        """C x H x W 0..255 (``input_format``) -> the model's 1 x 3 x H x W float ``pixel_values``."""
+        image = image.to(self.device, torch.float32)
+        if self.input_format == "BGR":
+            image = image.flip(0)
+        return ((image * self.rescale_factor - self.image_mean) / self.image_std)[None]
+
+    def forward(self, batched_inputs):
+        import torch.nn.functional as F
+
+        outputs = []
+        for inputs in batched_inputs:
+            pixel_values = self.normalize(inputs["image"])
+            size = tuple(pixel_values.shape[-2:])
+            logits = self.model(pixel_values=pixel_values).logits
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            original = (int(inputs.get("height", size[0])), int(inputs.get("width", size[1])))
+            if original != size:
+                logits = F.interpolate(logits, size=original, mode="bilinear", align_corners=False)
+            outputs.append({"sem_seg": logits[0]})
+        return outputs
+
+
+def load_hf_teacher(folder, device=None, opts=()):
+    """``(cfg, model)`` for a Hugging Face SegFormer checkpoint folder (``save_pretrained``'s
+    ``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``, optionally
+    ``preprocessor_config.json``), loaded with ``SegformerForSemanticSegmentation.from_pretrained(folder,
+    local_files_only=True)``.
+
+    ``model`` is a :class:`SegformerTeacher` in eval mode on ``cfg.MODEL.DEVICE``. ``cfg`` is a
+    frozen detectron2 config for the rest of this module: ``INPUT.FORMAT`` "RGB";
+    ``INPUT.MIN_SIZE_TEST`` the processor's ``size`` (``shortest_edge``, or the smaller of
+    ``height`` / ``width``: the shortest edge is resized to it keeping the aspect ratio, where
+    SegformerImageProcessor squashes to height x width), ``MAX_SIZE_TEST`` its ``longest_edge`` or
+    max(1333, 2 x that), 0 / 0 (no resize) for ``do_resize: false``; ``MODEL.DEVICE`` ``device``,
+    else cuda where available, else cpu; ``MODEL.WEIGHTS`` the folder; ``HF_TEACHER.PATH`` /
+    ``MODEL_TYPE`` / ``CLASSES`` (``config.id2label``'s names in id order) / the normalisation.
+    ``opts`` (KEY VALUE ...) override it, e.g. ``["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "1024"]``.
+
+    Raises :class:`PseudoLabelError` (naming the folder) for a folder without ``config.json``,
+    another ``model_type`` than segformer, no weights file, weights that leave parameters
+    uninitialised, or no ``transformers`` installed.
+    """
+    from detectron2.config import CfgNode as CN
+    from detectron2.config import get_cfg
+
+    folder = os.path.abspath(folder)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"Teacher checkpoint folder not found: {folder}")
+    config_path = os.path.join(folder, HF_CONFIG_NAME)
+    if not os.path.isfile(config_path):
+        raise PseudoLabelError(
+            f"the teacher folder {folder} is not a Hugging Face checkpoint: it has no {HF_CONFIG_NAME} "
+            f"(a detectron2 teacher is a config file plus --teacher-weights)"
+        )
+    model_type = _read_json(config_path, "Hugging Face model config").get("model_type")
+    if model_type != "segformer":
+        raise PseudoLabelError(
+            f"the teacher folder {folder} holds a Hugging Face {model_type!r} model ({HF_CONFIG_NAME}'s model_type); "
+            f"only 'segformer' checkpoints (SegformerForSemanticSegmentation) can be pseudo-label teachers"
+        )
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in _HF_WEIGHT_FILES):
+        raise PseudoLabelError(
+            f"the teacher folder {folder} has a {HF_CONFIG_NAME} but no weights "
+            f"(none of {', '.join(_HF_WEIGHT_FILES)}): "
+            f"save the trained model there with SegformerForSemanticSegmentation.save_pretrained"
+        )
+    preprocessing = _segformer_preprocessing(folder)
+
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = "SegformerForSemanticSegmentation"
+    cfg.MODEL.WEIGHTS = folder
+    cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg.DATASETS.TRAIN = ()
+    cfg.DATASETS.TEST = ()
+    cfg.INPUT.FORMAT = "RGB"
+    cfg.INPUT.MIN_SIZE_TEST = preprocessing["min_size_test"]
+    cfg.INPUT.MAX_SIZE_TEST = preprocessing["max_size_test"]
+    cfg.HF_TEACHER = CN()
+    cfg.HF_TEACHER.PATH = folder
+    cfg.HF_TEACHER.MODEL_TYPE = model_type
+    cfg.HF_TEACHER.CLASSES = []
+    cfg.HF_TEACHER.IMAGE_MEAN = preprocessing["image_mean"]
+    cfg.HF_TEACHER.IMAGE_STD = preprocessing["image_std"]
+    cfg.HF_TEACHER.RESCALE_FACTOR = preprocessing["rescale_factor"]
+    cfg.merge_from_list(list(opts))
+
+    try:
+        from transformers import SegformerForSemanticSegmentation
+    except ImportError as e:
+        raise PseudoLabelError(
+            f"the teacher {folder} is a Hugging Face SegFormer checkpoint, which needs the transformers package "
+            f"(pip install transformers): {e}"
+        ) from e
+    try:
+        hf_model, info = SegformerForSemanticSegmentation.from_pretrained(
+            folder, local_files_only=True, output_loading_info=True
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise PseudoLabelError(
+            f"cannot load the SegFormer teacher from {folder}: {type(e).__name__}: {e}"
+        ) from e
+    missing = list(info.get("missing_keys") or [])
+    mismatched = list(info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        raise PseudoLabelError(
+            f"the weights in {folder} do not fill SegformerForSemanticSegmentation: "
+            + (f"missing {sorted(missing)[:5]}{' ...' if len(missing) > 5 else ''}" if missing else "")
+            + ("; " if missing and mismatched else "")
+            + (f"other shapes for {[m[0] if isinstance(m, (tuple, list)) else m for m in mismatched][:5]}"
+               if mismatched else "")
+            + " (is it a semantic segmentation checkpoint, decode head included?)"
+        )
+    id2label = hf_model.config.id2label or {}
+    classes = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    if len(classes) != hf_model.config.num_labels or [int(k) for k in sorted(id2label, key=int)] != list(
+        range(len(classes))
+    ):
+        raise PseudoLabelError(
+            f"{os.path.join(folder, HF_CONFIG_NAME)}: id2label {dict(id2label)} does not name the model's "
+            f"{hf_model.config.num_labels} output channels 0..{hf_model.config.num_labels - 1}"
+        )
+    cfg.HF_TEACHER.CLASSES = classes
+    cfg.freeze()
+    model = SegformerTeacher(
+        hf_model, cfg.HF_TEACHER.IMAGE_MEAN, cfg.HF_TEACHER.IMAGE_STD, cfg.HF_TEACHER.RESCALE_FACTOR, cfg.INPUT.FORMAT
+    )
+    return cfg, model.to(cfg.MODEL.DEVICE).eval()
+
+
+def _teacher_name(cfg):
+    """How messages name the teacher."""
+    hf = _hf_teacher(cfg)
+    if hf is not None:
+        return f"the teacher ({hf.PATH})"
+    return f"the teacher ({cfg.DATASETS.TRAIN[0]})" if cfg.DATASETS.TRAIN else "the teacher"
+
+
+def _teacher_settings(cfg):
+    """The teacher's identity, as pseudo_labels.json records it."""
+    settings = {
+        "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
+        "weights": os.path.abspath(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS and "://" not in cfg.MODEL.WEIGHTS
+        else cfg.MODEL.WEIGHTS,
+        "train_dataset": cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None,
+        "input_format": cfg.INPUT.FORMAT,
+        "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
+        "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
+    }
+    hf = _hf_teacher(cfg)
+    if hf is not None:
+        settings.update(
+            hugging_face_checkpoint=hf.PATH, model_type=hf.MODEL_TYPE, classes=list(hf.CLASSES),
+            image_mean=list(hf.IMAGE_MEAN), image_std=list(hf.IMAGE_STD), rescale_factor=hf.RESCALE_FACTOR,
+        )
+    return settings
 
 
 def _teacher_input(cfg, augmentations, record):
@@ -145,7 +431,11 @@ def _teacher_input(cfg, augmentations, record):
 
 
 def teacher_classes(cfg):
-    """Class names of the teacher's outputs: ``stuff_classes`` of ``cfg.DATASETS.TRAIN[0]``."""
+    """Class names of the teacher's outputs: ``stuff_classes`` of ``cfg.DATASETS.TRAIN[0]``; for a
+    Hugging Face teacher (:func:`load_hf_teacher`) its ``config.id2label`` names in id order."""
+    hf = _hf_teacher(cfg)
+    if hf is not None:
+        return list(hf.CLASSES)
     if not cfg.DATASETS.TRAIN:
         raise PseudoLabelError("the teacher config has no DATASETS.TRAIN: cannot tell which classes its outputs mean")
     name = cfg.DATASETS.TRAIN[0]
@@ -384,7 +674,7 @@ def _manifest_record(record, output_dir):
     """Original paths absolute (the manifest's folder is no base for them), pseudo-label paths
     relative to ``output_dir`` (so that the folder can move)."""
     out = dict(record)
-    for key in _PATH_KEYS:
+    for key in MANIFEST_PATH_KEYS:
         if key not in out:
             continue
         path = os.path.abspath(out[key])
@@ -442,12 +732,13 @@ def generate_pseudo_labels(
     """Label every image of ``dataset_name`` that lacks ``task``'s label with ``model``'s output.
 
     Args:
-        cfg, model: the teacher (:func:`load_teacher`); the model in eval mode.
+        cfg, model: the teacher (:func:`load_teacher` / :func:`load_hf_teacher`); the model in eval mode.
         task: ``"sem_seg"`` or ``"depth"``.
         min_confidence: sem_seg: pixels whose (class-map merged) softmax maximum is below it are 255.
         class_map: sem_seg: ``{teacher class: dataset class or None}`` (:func:`read_class_map`);
-            needed when the teacher's classes (``stuff_classes`` of its ``DATASETS.TRAIN[0]``) are
-            not the dataset's. A dataset without ``stuff_classes`` takes the teacher's.
+            needed when the teacher's classes (``stuff_classes`` of its ``DATASETS.TRAIN[0]``, or a
+            Hugging Face teacher's ``id2label``) are not the dataset's. A dataset without
+            ``stuff_classes`` takes the teacher's.
         depth_format: depth: the encoding to write (default :func:`choose_depth_format`).
         overwrite: redo every pseudo-label (and accept a folder written with other settings).
         overwrite_existing_labels: also label images that have a real label of this type
@@ -482,7 +773,7 @@ def generate_pseudo_labels(
         if dataset_classes:
             lookup = class_lookup(
                 teacher, dataset_classes, class_map,
-                teacher_name=f"the teacher ({cfg.DATASETS.TRAIN[0]})", dataset_name=dataset_name,
+                teacher_name=_teacher_name(cfg), dataset_name=dataset_name,
             )
         else:
             if class_map is not None:
@@ -490,9 +781,9 @@ def generate_pseudo_labels(
             logger.info(f"{dataset_name} has no stuff_classes: its pseudo-labels use the teacher's classes")
             dataset_classes = teacher
             lookup = np.arange(len(teacher), dtype=np.int64)
-            teacher_meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+            teacher_meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
             metadata_update = {"stuff_classes": list(teacher), "ignore_label": IGNORE_LABEL}
-            if teacher_meta.get("stuff_colors", None):
+            if teacher_meta is not None and teacher_meta.get("stuff_colors", None):
                 metadata_update["stuff_colors"] = [list(c) for c in teacher_meta.stuff_colors]
         if len(dataset_classes) > IGNORE_LABEL:
             raise PseudoLabelError(
@@ -521,15 +812,7 @@ def generate_pseudo_labels(
         "min_confidence": float(min_confidence) if task == "sem_seg" else None,
         "class_map": class_map if task == "sem_seg" else None,
         "depth_format": depth_format,
-        "teacher": {
-            "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
-            "weights": os.path.abspath(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS and "://" not in cfg.MODEL.WEIGHTS
-            else cfg.MODEL.WEIGHTS,
-            "train_dataset": cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else None,
-            "input_format": cfg.INPUT.FORMAT,
-            "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
-            "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
-        },
+        "teacher": _teacher_settings(cfg),
     }
     settings = json.loads(json.dumps(settings, default=_json_default))  # compared with the JSON on disk
     if os.path.isfile(info_path) and not overwrite:

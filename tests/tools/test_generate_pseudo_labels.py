@@ -99,3 +99,63 @@ def test_cli_refuses_a_teacher_with_other_classes(synthetic_vkitti2, teacher_wei
     with Image.open(DatasetCatalog.get(summary["name"])[0]["sem_seg_file_name"]) as im:
         labels = np.asarray(im)
     assert set(np.unique(labels)) <= {0, 1, 255}
+
+
+def _tiny_segformer(folder, classes):
+    """A tiny random SegformerForSemanticSegmentation saved with its image processor (as
+    tests/data/test_segformer_teacher.py makes one)."""
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    config = SegformerConfig(
+        num_encoder_blocks=2, depths=[1, 1], hidden_sizes=[8, 16], num_attention_heads=[1, 1], sr_ratios=[2, 1],
+        strides=[4, 2], patch_sizes=[7, 3], mlp_ratios=[2, 2], decoder_hidden_size=16,
+        num_labels=len(classes), id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)},
+    )
+    torch.manual_seed(0)
+    SegformerForSemanticSegmentation(config).save_pretrained(str(folder))
+    SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(str(folder))
+    return str(folder)
+
+
+def test_cli_takes_a_hugging_face_segformer_folder_as_teacher(synthetic_vkitti2, teacher_weights, tool, tmp_path,
+                                                              capsys):
+    pytest.importorskip("transformers")
+    root, _ = synthetic_vkitti2
+    records = [
+        {k: v for k, v in r.items() if k not in ("sem_seg_file_name", "label_format", "colors_file_name")}
+        for r in load_vkitti2(root, ("Scene01",), ("clone",))[:1]
+    ]
+    name = "pseudo_cli_segformer"
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: records)
+    categories = [{"id": 1, "name": "road", "isthing": 0}, {"id": 2, "name": "sky", "isthing": 0}]
+    MetadataCatalog.get(name).set(**depth_panoptic_metadata(categories, depth_range=(1e-3, 80)))
+    checkpoint = _tiny_segformer(tmp_path / "segformer", ["road", "sky"])
+    args = ["--dataset", name, "--task", "sem_seg", "--output", str(tmp_path / "out"), "--no-progress"]
+
+    summary = tool.main(["--teacher-config", checkpoint] + args + ["--min-confidence", "0", "MODEL.DEVICE", "cpu"])
+    assert summary["written"] == 1 and summary["name"] == f"{name}_pseudo_sem_seg"
+    assert "mean fraction of confident (labelled) pixels: 1.000" in capsys.readouterr().out
+    with Image.open(DatasetCatalog.get(summary["name"])[0]["sem_seg_file_name"]) as im:
+        assert (im.height, im.width) == (64, 208) and set(np.unique(np.asarray(im))) <= {0, 1}
+    with open(tmp_path / "out" / "pseudo_labels.json") as f:
+        teacher = json.load(f)["settings"]["teacher"]
+    assert teacher["hugging_face_checkpoint"] == checkpoint and teacher["model_type"] == "segformer"
+
+    # a folder carries its weights; a config file needs them; a non-SegFormer folder is named
+    other = tmp_path / "vit"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    for teacher_args, expected in [
+        (["--teacher-config", checkpoint, "--teacher-weights", teacher_weights], "holds its own weights"),
+        (["--teacher-config", CONFIG], "needs its weights"),
+        (["--teacher-config", str(other)], f"{other} holds a Hugging Face 'vit' model"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            tool.main(teacher_args + args)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err

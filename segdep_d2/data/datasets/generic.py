@@ -11,8 +11,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ..depth_io import DEPTH_FORMATS
 from .metadata import depth_panoptic_metadata
 
-_PATH_KEYS = (
-    "file_name", "depth_file_name", "camera_file_name", "sem_seg_file_name", "pan_seg_file_name",
+# record keys that hold paths: relative to the manifest in a manifest (pseudo_labels.py writes them so)
+MANIFEST_PATH_KEYS = (
+    "file_name", "depth_file_name", "camera_file_name", "confidence_file_name", "sem_seg_file_name",
+    "pan_seg_file_name",
 )
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # the file extension each depth_format is stored with (see depth_io.py)
@@ -36,7 +38,7 @@ def load_depth_manifest(manifest, dataset_id_to_contiguous_id=None):
     for i, record in enumerate(records):
         if "file_name" not in record:
             raise ValueError(f"{manifest}: entry {i} has no 'file_name'")
-        for key in _PATH_KEYS:
+        for key in MANIFEST_PATH_KEYS:
             if key in record and not os.path.isabs(record[key]):
                 record[key] = os.path.join(base, record[key])
         if "depth_file_name" in record and record.get("depth_format") not in DEPTH_FORMATS:
