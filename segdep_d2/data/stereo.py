@@ -5,7 +5,7 @@ A dataset that stores disparity as integers (the ZED ``*_disp16.png`` of the Kor
 one pixel. :func:`estimate_disparity_scale` measures it: it matches the rectified left/right pair with
 OpenCV's semi-global block matcher (``cv2.StereoSGBM``), and returns the median of
 ``stored / matched disparity in pixels`` over the pixels where both are valid. For the sidewalk
-sample the answer is about 100 (SOURCES.md (f): 101.5 by ZNCC), not the 256 of the seed's converter.
+sample the answer is about 100 (101.5 by ZNCC on a released frame), not the 256 of the seed's converter.
 
 Speed: images wider than ``max_width`` (default 960) are downscaled by ``f = max_width / W``
 (``cv2.INTER_AREA``) before matching, and only the rows where the stored map is valid (plus a margin)

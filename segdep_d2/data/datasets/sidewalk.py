@@ -25,7 +25,7 @@ read until a name is loaded).
   ``depth_file_name`` = ``_disp16.png``, ``depth_format "zed_disp16"``, ``camera_file_name`` = the
   folder's ``.conf``, ``confidence_file_name`` = ``_confidence.png`` where present, and
   ``disparity_scale``: disparity in pixels = disp16 / ``disparity_scale``, **100** by default (measured
-  by block matching on the real sample, see ../shared/real_samples/SOURCES.md (f); the seed's converter
+  by block matching the left / right views of a real release frame; the seed's converter
   divided by 256, see ``depth_io.py``). ``image_id`` is ``<folder>/<frame prefix>``.
 
 **Split** (the release has none): a folder whose trailing number is divisible by 10 (``Surface_010``,
@@ -69,7 +69,7 @@ SIDEWALK_TASKS = ("surface", "polygon", "depth")
 SIDEWALK_SPLITS = ("train", "val")
 SIDEWALK_TASK_DIRS = {"surface": "Surface", "polygon": "Polygon", "depth": "Depth"}
 SIDEWALK_DEPTH_RANGE = (0.3, 80.0)  # metres: a ZED 2 sees from 0.3 m; 80 m caps far noisy disparities
-SIDEWALK_DISPARITY_SCALE = 100.0  # disparity px = disp16 / 100 (SOURCES.md (f)), not the seed's 256
+SIDEWALK_DISPARITY_SCALE = 100.0  # disparity px = disp16 / 100 (measured by block matching), not the seed's 256
 SIDEWALK_DEPTH_FORMAT = "zed_disp16"
 VAL_EVERY = 10  # a folder whose trailing number is divisible by it is validation
 
