@@ -1,14 +1,17 @@
 #!/usr/bin/env python
-"""Write a procedural street-scene dataset in the real Virtual KITTI 2, Cityscapes or KITTI on-disk layout.
+"""Write a procedural street-scene dataset in the real Virtual KITTI 2, Cityscapes, KITTI or sidewalk on-disk layout.
 
     python tools/make_synthetic_dataset.py --format vkitti2 --out datasets/synthetic_vkitti2
     python tools/make_synthetic_dataset.py --format cityscapes --out datasets/synthetic_cityscapes \\
         --splits train:2,val:1 --frames 3
     python tools/make_synthetic_dataset.py --format kitti --out datasets/kitti
+    python tools/make_synthetic_dataset.py --format sidewalk --out datasets/sidewalk
 
 Point a dataset root (e.g. ``$DETECTRON2_DATASETS/vkitti2``) at the output to exercise the real loaders; for
 KITTI name the output folder ``kitti`` and point ``$DETECTRON2_DATASETS`` at its parent: ``kitti_depth_*`` and
-``kitti_sem_seg_train`` then read it (the semantics' train-id PNGs are prepared as a user would).
+``kitti_sem_seg_train`` then read it (the semantics' train-id PNGs are prepared as a user would). The sidewalk
+output (``$DETECTRON2_DATASETS/sidewalk``) has Surface / Polygon / Depth folders (AI Hub 인도보행 영상 layout); depth
+frames need a ZED resolution (default VGA 376x672).
 """
 import argparse
 import os
@@ -20,13 +23,13 @@ except ImportError:  # run from a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from segdep_d2.data import synthetic
 
-# half / quarter of the real resolution
-_DEFAULT_SIZE = {"vkitti2": (188, 621), "cityscapes": (256, 512), "kitti": (188, 621)}
+# half / quarter of the real resolution; sidewalk: the ZED's VGA mode (its depth frames need a ZED resolution)
+_DEFAULT_SIZE = {"vkitti2": (188, 621), "cityscapes": (256, 512), "kitti": (188, 621), "sidewalk": (376, 672)}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--format", required=True, choices=("vkitti2", "cityscapes", "kitti"))
+    p.add_argument("--format", required=True, choices=("vkitti2", "cityscapes", "kitti", "sidewalk"))
     p.add_argument("--out", required=True, help="output root (created if missing)")
     p.add_argument("--scenes", default=",".join(synthetic.VKITTI2_SCENES), help="vkitti2: comma-separated scenes")
     p.add_argument("--variations", default="clone",
@@ -37,20 +40,37 @@ def parse_args(argv=None):
                    help="kitti: drives per depth split ('+' between drives of a split), e.g. "
                         "train:2011_09_26_drive_0001_sync+2011_09_28_drive_0001_sync,val:2011_09_26_drive_0002_sync "
                         "(the val drives are also listed in eigen_test_files.txt)")
+    p.add_argument("--folders", default="surface:9+10,polygon:9+10,depth:9+10",
+                   help="sidewalk: folder numbers per task ('+' between folders; numbers divisible by 10 are val), "
+                        "e.g. surface:9+10,depth:20 (a task left out gets no folders)")
     p.add_argument("--semantic-frames", type=int, default=4, help="kitti: images in data_semantics/training")
     p.add_argument("--frames", type=int, default=None,
                    help="frames per scene/variation (vkitti2, default 10), per sequence (cityscapes, default 3) "
-                        "or per drive (kitti, default 6; the first has no ground truth, as in KITTI)")
+                        "or per drive (kitti, default 6; the first has no ground truth, as in KITTI) or per folder "
+                        "(sidewalk, default 3)")
     p.add_argument("--frame-step", type=int, default=1,
                    help="vkitti2: write every k-th frame of the drive (more distinct views per file)")
-    p.add_argument("--height", type=int, default=None, help="default: 188 (vkitti2, kitti) / 256 (cityscapes)")
-    p.add_argument("--width", type=int, default=None, help="default: 621 (vkitti2, kitti) / 512 (cityscapes)")
+    p.add_argument("--height", type=int, default=None,
+                   help="default: 188 (vkitti2, kitti) / 256 (cityscapes) / 376 (sidewalk)")
+    p.add_argument("--width", type=int, default=None,
+                   help="default: 621 (vkitti2, kitti) / 512 (cityscapes) / 672 (sidewalk)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
 def _split_list(text):
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _parse_folders(text):
+    """"surface:9+10,depth:20" -> {"surface": (9, 10), "depth": (20,)}."""
+    out = {}
+    for part in _split_list(text):
+        task, _, numbers = part.partition(":")
+        if task not in ("surface", "polygon", "depth"):
+            raise SystemExit(f"--folders: unknown task {task!r} (surface, polygon, depth)")
+        out[task] = tuple(int(n) for n in numbers.split("+") if n.strip())
+    return out
 
 
 def print_summary(summary, out=sys.stdout):
@@ -80,6 +100,12 @@ def main(argv=None):
         summary = synthetic.generate_kitti(
             args.out, drives=args.drives, frames=args.frames or 6, semantic_frames=args.semantic_frames,
             height=height, width=width, seed=args.seed)
+    elif args.format == "sidewalk":
+        folders = _parse_folders(args.folders)
+        summary = synthetic.generate_sidewalk(
+            args.out, surface_folders=folders.get("surface", ()), polygon_folders=folders.get("polygon", ()),
+            depth_folders=folders.get("depth", ()), frames=args.frames or 3, height=height, width=width,
+            seed=args.seed)
     else:
         summary = synthetic.generate_cityscapes(
             args.out, splits=args.splits, frames=args.frames or 3, height=height, width=width, seed=args.seed)

@@ -10,7 +10,10 @@ by construction, and writes them as the real datasets do:
   :func:`frame_flow` is the flow of one G-buffer);
 * :func:`generate_cityscapes` writes leftImg8bit / gtFine / disparity / camera and runs cityscapesscripts'
   own panoptic conversion;
-* :func:`generate_kitti` writes the KITTI depth benchmark (+ raw images), semantics and an Eigen split file.
+* :func:`generate_kitti` writes the KITTI depth benchmark (+ raw images), semantics and an Eigen split file;
+* :func:`generate_sidewalk` writes the Korean sidewalk dataset (AI Hub 인도보행 영상 / SafeTrip-Q seed): Surface
+  (CVAT XML + colour masks), Polygon (CVAT XML) and ZED Depth folders (stereo pair, disp16, confidence, .conf),
+  seen by a pedestrian walking along a sidewalk.
 
 Conventions. World frame: X right, Y *down* (ground is Y = 0, things above it have Y < 0), Z along the road.
 Cameras follow KITTI: x right, y down, z forward; a ray is ``C + s * D`` with ``D = R_cw @ [(u-cx)/fx,
@@ -21,7 +24,7 @@ Modules, in pipeline order: :mod:`.constants` (dataset constants, class tables),
 :mod:`.layout` and :mod:`.vehicles` (the scene), :mod:`.camera` (intrinsics, poses, rays), :mod:`.raycast`
 (G-buffer), :mod:`.noise`, :mod:`.ground`, :mod:`.materials` and :mod:`.shading` (colour), :mod:`.frame`
 (in-memory frames), :mod:`.flow` (exact optical flow), :mod:`.encoding`, :mod:`.vkitti2_writer`,
-:mod:`.cityscapes_writer` and :mod:`.kitti_writer` (files).
+:mod:`.cityscapes_writer`, :mod:`.kitti_writer` and :mod:`.sidewalk_writer` (files).
 Everything is deterministic for a seed: the output is pinned byte for byte by tests/data/test_synthetic.py.
 """
 
@@ -40,6 +43,7 @@ from .flow import frame_flow
 from .frame import SyntheticFrame, SyntheticTrack, render_frame
 from .kitti_writer import generate_kitti, kitti_depth_png, kitti_intrinsics
 from .layout import SceneLayout, build_scene
+from .sidewalk_writer import generate_sidewalk
 from .vkitti2_writer import generate_vkitti2
 
 # The pre-package module's name for this table, still used by tests/data/test_synthetic.py.
@@ -66,4 +70,5 @@ __all__ = [
     "kitti_intrinsics",
     "kitti_depth_png",
     "generate_kitti",
+    "generate_sidewalk",
 ]
