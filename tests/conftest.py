@@ -132,3 +132,25 @@ def tiny_open_clip(tmp_path_factory):
     (folder / f"{TINY_OPEN_CLIP}.json").write_text(json.dumps(config))
     open_clip.add_model_config(str(folder))
     return TINY_OPEN_CLIP
+
+
+def save_tiny_segformer(folder, classes, processor_size=(32, 48), seed=0):
+    """A tiny random SegformerForSemanticSegmentation (+ its image processor) saved as training saves one."""
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    config = SegformerConfig(
+        num_encoder_blocks=2, depths=[1, 1], hidden_sizes=[8, 16], num_attention_heads=[1, 1], sr_ratios=[2, 1],
+        strides=[4, 2], patch_sizes=[7, 3], mlp_ratios=[2, 2], decoder_hidden_size=16,
+        num_labels=len(classes), id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)},
+    )
+    torch.manual_seed(seed)
+    model = SegformerForSemanticSegmentation(config)
+    with torch.no_grad():  # random logits far apart, as a trained model's: argmax without near-ties
+        model.decode_head.classifier.weight.mul_(50.0)
+    model.save_pretrained(str(folder))
+    if processor_size is not None:
+        height, width = processor_size
+        SegformerImageProcessor(size={"height": height, "width": width}, image_mean=[0.5, 0.4, 0.3],
+                                image_std=[0.2, 0.25, 0.3]).save_pretrained(str(folder))
+    return str(folder)
