@@ -73,7 +73,8 @@ def _parse_folders(text):
     return out
 
 
-def print_summary(summary, out=sys.stdout):
+def print_summary(summary, out=None):
+    out = out or sys.stdout  # looked up per call: a default bound at import would keep a replaced stdout
     w = lambda *a: print(*a, file=out)  # noqa: E731
     w(f"wrote {len(summary['frames'])} frames ({summary['format']}) to {summary['root']} "
       f"in {summary['seconds']:.1f} s")

@@ -64,10 +64,18 @@ def _sample(h=64, w=96, *, labels=True, depth=True, seed=0):
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=os.path.basename)
-def test_every_shipped_config_builds(path):
-    model = build_model(load_cfg(path))
+def test_every_shipped_config_builds(path, tmp_path, monkeypatch):
+    cfg = load_cfg(path)
+    weights_file = cfg.MODEL.HYDRANET.CLASS_WEIGHTS_FILE  # the file the dataset preparation writes
+    if weights_file:
+        monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+        num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        os.makedirs(os.path.dirname(str(tmp_path / weights_file)), exist_ok=True)
+        write_class_weights(str(tmp_path / weights_file), [str(i) for i in range(num_classes)], range(1, num_classes + 1))
+    model = build_model(cfg)
     assert type(model).__name__ == "HydraNet" and model.OUTPUTS == ("sem_seg", "depth")
     assert model.depth_head.predictor.out_channels == 1
+    assert (model.class_weights is not None) == bool(weights_file or cfg.MODEL.HYDRANET.CLASS_WEIGHTS)
 
 
 def test_structure_params_and_flops_match_the_paper():

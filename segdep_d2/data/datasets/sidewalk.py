@@ -98,8 +98,7 @@ def _task_dir(root, task):
     if not os.path.isdir(root):
         raise _LayoutError(
             f"Sidewalk dataset root not found: {root}. Expected {expected}/{SIDEWALK_TASK_DIRS[task]}_XXX/ (set "
-            "$DETECTRON2_DATASETS to the folder that holds 'sidewalk/'; the layout: "
-            "segdep_d2/data/datasets/sidewalk.py)"
+            "$DETECTRON2_DATASETS to the folder that holds 'sidewalk/'; the layout: datasets/README.md)"
         )
     for name in sorted(os.listdir(root)):
         if name.lower() == SIDEWALK_TASK_DIRS[task].lower() and os.path.isdir(os.path.join(root, name)):
