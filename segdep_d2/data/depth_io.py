@@ -37,6 +37,7 @@ __all__ = [
     "DEPTH_FORMATS",
     "DepthFormatError",
     "read_depth",
+    "read_sparse_depth",
     "read_cityscapes_camera",
     "read_zed_calibration",
     "ZED_DISPARITY_SCALE",
@@ -298,6 +299,19 @@ def read_depth(dataset_dict) -> np.ndarray:
             f"{dataset_dict.get('file_name')} is {expected[0]}x{expected[1]}"
         )
     return depth
+
+
+def read_sparse_depth(dataset_dict) -> np.ndarray:
+    """Decode a record's sparse depth *input* (depth completion: LiDAR points projected into the image),
+    ``sparse_depth_file_name`` in ``sparse_depth_format``, by the rules of :func:`read_depth` (same
+    formats, bit-depth / finiteness / size checks, errors naming the file). float32 (H, W) metres, 0 where
+    there is no point; a frame without any point is valid (all zeros)."""
+    path = dataset_dict.get("sparse_depth_file_name")
+    if path is None:
+        raise KeyError(f"dataset dict for {dataset_dict.get('file_name')} has no 'sparse_depth_file_name'")
+    as_depth = {k: v for k, v in dataset_dict.items() if k not in ("depth_file_name", "depth_format")}
+    as_depth.update(depth_file_name=path, depth_format=dataset_dict.get("sparse_depth_format"))
+    return read_depth(as_depth)
 
 
 # ---------------------------------------------------------------------------------------------
