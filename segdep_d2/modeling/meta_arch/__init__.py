@@ -4,7 +4,7 @@ from .hydranet import HydraNet
 from .panoptic_depthlab import PanopticDepthLab
 from .segdep import SegDep
 
-__all__ = ["HydraNet", "PanopticDepthLab", "SegDep", "model_outputs", "reads_previous_frame"]
+__all__ = ["HydraNet", "PanopticDepthLab", "SegDep", "model_outputs", "reads_previous_frame", "reads_sparse_depth"]
 
 ALL_OUTPUTS = ("sem_seg", "depth", "panoptic_seg")
 
@@ -22,4 +22,12 @@ def reads_previous_frame(cfg) -> bool:
     the mapper then reads): its classmethod ``reads_previous_frame(cfg)``; False for a model without."""
     arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
     hook = getattr(arch, "reads_previous_frame", None)
+    return bool(hook(cfg)) if hook is not None else False
+
+
+def reads_sparse_depth(cfg) -> bool:
+    """Whether ``cfg``'s model takes a sparse depth input (depth completion: the mapper then delivers
+    ``sparse_depth``): its classmethod ``reads_sparse_depth(cfg)``; False for a model without."""
+    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    hook = getattr(arch, "reads_sparse_depth", None)
     return bool(hook(cfg)) if hook is not None else False
