@@ -35,9 +35,9 @@ from .trainer import SegDepTrainer
 
 __all__ = [
     "Column", "TrainedRow", "REPO", "STAMP", "add_study_arguments", "check_study_args", "common_settings",
-    "evaluate", "generator_settings", "git_commit", "json_safe", "markdown_table", "prepare_synthetic_vkitti2",
-    "start_study", "study_cfg", "study_record", "train_row", "untrained_results", "with_metrics",
-    "write_study_record",
+    "evaluate", "generator_settings", "git_commit", "json_safe", "label_samples", "markdown_table",
+    "prepare_synthetic_vkitti2", "start_study", "study_cfg", "study_record", "train_row", "untrained_results",
+    "with_metrics", "write_once", "write_study_record",
 ]
 
 # the repository checkout this package lives in (configs and the recorded command are relative to it)
@@ -92,17 +92,23 @@ def json_safe(value):
 # ------------------------------------------------------------------------------------------------
 def add_study_arguments(parser, *, output, record_name, rows, frames=6, frame_step=8, max_iter=40,
                         train_scenes="Scene01,Scene02", val_scene="Scene20", variations="clone,fog",
-                        height=96, width=320, lr=1e-3, batch=2, min_size_train="80,96", min_size_test=96):
+                        height=96, width=320, lr=1e-3, batch=2, min_size_train="80,96", min_size_test=96,
+                        vkitti2_data=True):
     """The arguments every study takes (defaults as given), ``KEY VALUE`` overrides (``opts``) last; a study
-    may add its own options after these."""
+    may add its own options after these. ``vkitti2_data=False``: a study on other synthetic data, without
+    the VKITTI2 generator's ``--train-scenes``, ``--val-scene``, ``--variations`` and ``--frame-step``
+    (``--frames`` then counts the frames of the study's own unit, e.g. a folder)."""
     p = parser
     p.add_argument("--output", default=os.path.join(REPO, output))
     p.add_argument("--record", metavar="DIR", default=None, help=f"also write DIR/{record_name}")
-    p.add_argument("--train-scenes", default=train_scenes)
-    p.add_argument("--val-scene", default=val_scene)
-    p.add_argument("--variations", default=variations)
-    p.add_argument("--frames", type=int, default=frames, help="frames per scene and variation")
-    p.add_argument("--frame-step", type=int, default=frame_step, help="every k-th frame of each drive")
+    if vkitti2_data:
+        p.add_argument("--train-scenes", default=train_scenes)
+        p.add_argument("--val-scene", default=val_scene)
+        p.add_argument("--variations", default=variations)
+    p.add_argument("--frames", type=int, default=frames,
+                   help="frames per scene and variation" if vkitti2_data else "frames per folder")
+    if vkitti2_data:
+        p.add_argument("--frame-step", type=int, default=frame_step, help="every k-th frame of each drive")
     p.add_argument("--height", type=int, default=height)
     p.add_argument("--width", type=int, default=width)
     p.add_argument("--max-iter", type=int, default=max_iter, help="training iterations of every row")
@@ -151,24 +157,29 @@ def generator_settings(args, **extra):
     }
 
 
-def prepare_synthetic_vkitti2(root, settings):
-    """Write the synthetic Virtual KITTI 2 data of ``settings`` (:func:`generator_settings`) under ``root``,
-    unless ``root/generator_settings.json`` says it already holds them. Optical flow only where
-    ``settings`` asks for it (``"flow": True``). Data written with other settings is removed first (a
-    smaller ``frames`` would otherwise leave the former frames behind). Returns whether it wrote."""
-    from segdep_d2.data.synthetic import generate_vkitti2
-
+def write_once(root, settings, write):
+    """``write(root, **settings)`` unless ``root/generator_settings.json`` says ``root`` already holds data
+    written with these settings. Data written with other settings is removed first (fewer frames would
+    otherwise leave the former ones behind). Returns whether it wrote."""
     stamp = os.path.join(root, STAMP)
     if os.path.isfile(stamp):
         with open(stamp) as f:
             if json.load(f) == settings:
                 return False
-        shutil.rmtree(root)  # the stamp says the study wrote this folder
+        shutil.rmtree(root)  # the stamp says a study wrote this folder
     os.makedirs(root, exist_ok=True)
-    generate_vkitti2(root, **{"flow": False, **settings})
+    write(root, **settings)
     with open(stamp, "w") as f:
         json.dump(settings, f)
     return True
+
+
+def prepare_synthetic_vkitti2(root, settings):
+    """Write the synthetic Virtual KITTI 2 data of ``settings`` (:func:`generator_settings`) under ``root``
+    once (:func:`write_once`). Optical flow only where ``settings`` asks for it (``"flow": True``)."""
+    from segdep_d2.data.synthetic import generate_vkitti2
+
+    return write_once(root, settings, lambda root, **kw: generate_vkitti2(root, **{"flow": False, **kw}))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -244,6 +255,16 @@ def train_row(cfg, seed, trainer_class=SegDepTrainer):
 # ------------------------------------------------------------------------------------------------
 # Table and record
 # ------------------------------------------------------------------------------------------------
+def label_samples(trainer, prefix="hydranet"):
+    """Images with a segmentation / depth label the model was trained on, summed over the iterations
+    (the ``<prefix>/num_{sem_seg,depth}_samples`` scalars HydraNet logs)."""
+    seen = {}
+    for task in ("sem_seg", "depth"):
+        history = trainer.storage.history(f"{prefix}/num_{task}_samples")
+        seen[task] = int(round(sum(v for v, _ in history.values())))
+    return seen
+
+
 def with_metrics(row, results, columns):
     """A copy of ``row`` with each column's metric (None where the results lack it) and the whole ``results``."""
     row = dict(row)

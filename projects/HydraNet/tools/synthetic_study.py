@@ -111,20 +111,11 @@ def make_cfg(args, output_dir, train, uncertainty_weighting=False):
     ])
 
 
-def label_samples(trainer):
-    """Images with a segmentation / depth label the model was trained on (summed over iterations)."""
-    seen = {}
-    for task in ("sem_seg", "depth"):
-        history = trainer.storage.history(f"hydranet/num_{task}_samples")
-        seen[task] = int(round(sum(v for v, _ in history.values())))
-    return seen
-
-
 def train_row(args, name, train, uncertainty_weighting=False):
     """Train one row from the study's seed; returns (cfg, trainer, row dict without metrics, held-out results)."""
     cfg = make_cfg(args, os.path.join(args.output, "rows", name.replace("+", "_")), train, uncertainty_weighting)
     trained = _study().train_row(cfg, args.seed)
-    seen = label_samples(trained.trainer)
+    seen = _study().label_samples(trained.trainer)
     row = {
         "row": name,
         "train_datasets": list(train),
