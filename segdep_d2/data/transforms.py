@@ -2,7 +2,8 @@
 
 detectron2's ``T.AugInput`` / ``AugmentationList`` draws the random parameters once and returns the
 resulting ``TransformList``; depth is pushed through that same list with :func:`transform_depth`, and
-optical flow (a vector field) with :func:`transform_flow`.
+optical flow (a vector field) with :func:`transform_flow`, and a sparse depth input (points, scattered,
+never resampled) with :func:`transform_sparse_depth`.
 """
 from typing import Optional, Tuple
 
@@ -118,3 +119,79 @@ def transform_flow(
     out = np.stack([flow_x * np.float32(scale_x), flow_y * np.float32(scale_y)], axis=-1)
     out[~out_valid] = 0.0
     return out, out_valid
+
+
+# Transforms whose output has the input's size.
+_SAME_SIZE = (T.HFlipTransform, T.VFlipTransform, T.NoOpTransform, T.ColorTransform, T.PILColorTransform,
+              BlendTransform)
+
+
+def _output_shape(step: T.Transform, shape: Tuple[int, int]) -> Tuple[int, int]:
+    """(H, W) of what ``step`` makes of an (H, W) image: read off the transforms of this pipeline, else
+    measured on a uint8 dummy through its segmentation path (the size the labels get)."""
+    if isinstance(step, (T.ResizeTransform, ScaleTransform)):
+        return int(step.new_h), int(step.new_w)
+    if isinstance(step, T.CropTransform):
+        return int(step.h), int(step.w)
+    if isinstance(step, PadTransform):
+        return int(shape[0] + step.y0 + step.y1), int(shape[1] + step.x0 + step.x1)
+    if isinstance(step, _SAME_SIZE):
+        return tuple(shape)
+    return tuple(step.apply_segmentation(np.zeros(shape, np.uint8)).shape[:2])
+
+
+def transform_sparse_depth(
+    transforms: T.Transform, sparse: np.ndarray, output_shape: Optional[Tuple[int, int]] = None
+) -> np.ndarray:
+    """Apply the image's transforms to a sparse depth *input* (LiDAR points projected into the image,
+    or points sampled from the dense ground truth): the points are scattered, never resampled.
+
+    Each point (every pixel ``> 0``) is taken at its pixel centre ``(c + 0.5, r + 0.5)``, moved through
+    the transforms' ``apply_coords`` (the continuous geometry the image follows: a resize scales, a crop
+    or pad shifts, a flip mirrors), and lands on the output pixel that contains it
+    (``floor`` of the new coordinates). Points that leave the image (crop) are dropped; where several
+    points land on one pixel (downscaling) the nearer one (the smallest depth) is kept, as a
+    projection keeps the first surface it hits. A point keeps its value exactly (metres: scaling or
+    cropping an image changes no distance), and each input point gives at most one output point, so
+    upscaling never multiplies points and padding adds none (0 = no point).
+
+    Why not :func:`transform_depth`: a dense *target* is resampled nearest-neighbour, every output pixel
+    copies some source pixel. Done to a sparse map, that would duplicate each point over a block when
+    upscaling (inventing measurements the sensor never made, at wrong positions) and, when
+    downscaling, keep a point only if it happens to sit on a sampled pixel (losing most of them).
+    A completion model must see the sensor's points, the same number, where they are.
+
+    Args:
+        transforms: the image's ``Transform`` / ``TransformList`` (one augmentation draw).
+        sparse: (H, W) metres, 0 = no point.
+        output_shape: (H', W') the transforms give (the augmented image's size); computed when omitted.
+
+    Returns:
+        float32 (H', W') metres, 0 = no point, C-contiguous and writeable.
+    """
+    sparse = np.asarray(sparse, dtype=np.float32)
+    if sparse.ndim != 2:
+        raise ValueError(f"expected an H x W sparse depth map, got shape {sparse.shape}")
+    steps = transforms.transforms if isinstance(transforms, T.TransformList) else [transforms]
+    if output_shape is None:
+        output_shape = tuple(sparse.shape)
+        for t in steps:
+            output_shape = _output_shape(t, output_shape)
+    height, width = (int(s) for s in output_shape)
+    out = np.zeros((height, width), np.float32)
+    rows, cols = np.nonzero(sparse > 0)
+    if len(rows) == 0:
+        return out
+    values = sparse[rows, cols]
+    coords = np.stack([cols + 0.5, rows + 0.5], axis=1).astype(np.float64)  # (x, y) pixel centres
+    for t in steps:
+        coords = np.asarray(t.apply_coords(coords), dtype=np.float64)
+    x = np.floor(coords[:, 0])
+    y = np.floor(coords[:, 1])
+    inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    x, y, values = x[inside].astype(np.int64), y[inside].astype(np.int64), values[inside]
+    nearest = np.full(height * width, np.inf, np.float32)
+    np.minimum.at(nearest, y * width + x, values)  # collisions: the nearer point wins
+    hit = np.isfinite(nearest)
+    out.flat[np.flatnonzero(hit)] = nearest[hit]
+    return out

@@ -15,7 +15,8 @@ from panopticapi.utils import id2rgb, rgb2id
 from ..depth_io import read_depth
 from ..flow_io import read_vkitti2_flow
 from ..label_io import _read_vkitti2_track_ids, has_panoptic, read_panoptic, read_sem_seg
-from ..transforms import build_augmentations, transform_depth, transform_flow
+from ..sparse_depth import sample_sparse_depth, sparse_depth_input
+from ..transforms import build_augmentations, transform_depth, transform_flow, transform_sparse_depth
 
 __all__ = ["DepthPanopticDatasetMapper"]
 
@@ -41,6 +42,10 @@ class DepthPanopticDatasetMapper:
       float32 (2, H, W) pixels at the augmented size (x, y; 0 where invalid) and ``prev_flow_valid``:
       bool (H, W) (see :func:`read_previous_frame`). A record without ``prev_file_name`` (a first
       frame, a dataset without video) gets none of them and the model takes its plain path.
+    * with ``sparse_depth`` (depth completion), in training and at test time: ``sparse_depth``, float32
+      (H, W) metres, 0 = no point, the record's sparse input (see :func:`read_sparse_input`) scattered
+      through the image's transforms point by point (:func:`~segdep_d2.data.transforms.transform_sparse_depth`),
+      so each point sits on the image pixel, and the ``depth`` / ``sem_seg`` pixel, it belongs to.
 
     At test time (``is_train=False``) only the image is prepared: evaluators read ground truth
     at full resolution themselves (a record's ``queries`` pass through untouched, dicts included).
@@ -57,6 +62,8 @@ class DepthPanopticDatasetMapper:
         panoptic_target_generator: Optional[Callable] = None,
         panoptic_targets: bool = True,
         previous_frame: bool = False,
+        sparse_depth: bool = False,
+        sparse_depth_samples: int = 0,
     ):
         """
         Args:
@@ -67,6 +74,13 @@ class DepthPanopticDatasetMapper:
             previous_frame: in training, deliver ``prev_image`` (+ ``prev_flow``,
                 ``prev_flow_valid``) for records with ``prev_file_name`` (a model with temporal
                 refinement: SegDep with ``MODEL.SEGDEP.TEMPORAL``).
+            sparse_depth: deliver ``sparse_depth`` (a model that reads a sparse depth input: depth
+                completion), in training and at test time.
+            sparse_depth_samples: ``INPUT.SPARSE_DEPTH.NUM_SAMPLES``. 0: the record's
+                ``sparse_depth_file_name``; N > 0: N points sampled from the record's dense ground truth
+                at its original size, before the augmentation: a fresh draw every time in training,
+                the image's fixed evaluation points (:func:`~segdep_d2.data.sparse_depth.evaluation_rng`)
+                at test time.
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
@@ -75,13 +89,21 @@ class DepthPanopticDatasetMapper:
         self.panoptic_target_generator = panoptic_target_generator
         self.panoptic_targets = panoptic_targets
         self.previous_frame = previous_frame
+        self.sparse_depth = bool(sparse_depth)
+        self.sparse_depth_samples = int(sparse_depth_samples or 0)
+        if self.sparse_depth_samples < 0:
+            raise ValueError(f"sparse_depth_samples (INPUT.SPARSE_DEPTH.NUM_SAMPLES) must be >= 0, got {sparse_depth_samples}")
         logging.getLogger(__name__).info(
             f"[DepthPanopticDatasetMapper] {'train' if is_train else 'test'} augmentations: {augmentations}"
         )
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        from ...modeling.meta_arch import model_outputs, reads_previous_frame  # at call time: modeling imports data
+        from ...modeling.meta_arch import (  # at call time: modeling imports data
+            model_outputs,
+            reads_previous_frame,
+            reads_sparse_depth,
+        )
 
         dataset_name = cfg.DATASETS.TRAIN[0] if is_train else cfg.DATASETS.TEST[0]
         meta = MetadataCatalog.get(dataset_name)
@@ -104,6 +126,9 @@ class DepthPanopticDatasetMapper:
             # only a model that declares it reads the previous frame (SegDep with its motion module);
             # others would only pay for the reading
             "previous_frame": reads_previous_frame(cfg),
+            # only a model with a sparse depth input (depth completion)
+            "sparse_depth": reads_sparse_depth(cfg),
+            "sparse_depth_samples": sparse_depth_samples(cfg),
         }
 
     def __call__(self, dataset_dict):
@@ -130,6 +155,9 @@ class DepthPanopticDatasetMapper:
         previous = None
         if self.is_train and self.previous_frame and "prev_file_name" in dataset_dict:
             previous = read_previous_frame(dataset_dict, image.shape[:2], self.image_format)
+        sparse = None
+        if self.sparse_depth:
+            sparse = read_sparse_input(dataset_dict, self.sparse_depth_samples, self.is_train, depth, image.shape[:2])
 
         aug_input = T.AugInput(image, sem_seg=label)
         transforms = self.augmentations(aug_input)
@@ -149,7 +177,56 @@ class DepthPanopticDatasetMapper:
             dataset_dict.update(referring_targets(dataset_dict["queries"], instance_ids, transforms))
         if previous is not None:
             dataset_dict.update(previous_frame_targets(*previous, transforms))
+        if sparse is not None:
+            sparse = transform_sparse_depth(transforms, sparse, output_shape=image.shape[:2])
+            dataset_dict["sparse_depth"] = torch.from_numpy(sparse)
         return dataset_dict
+
+
+def sparse_depth_samples(cfg) -> int:
+    """``cfg.INPUT.SPARSE_DEPTH.NUM_SAMPLES`` (0 = the records' sparse files), 0 for a config without it."""
+    node = cfg.INPUT.get("SPARSE_DEPTH", None)
+    return int(node.get("NUM_SAMPLES", 0) or 0) if node is not None else 0
+
+
+def read_sparse_input(dataset_dict, num_samples: int, is_train: bool, depth=None, shape=None) -> np.ndarray:
+    """The record's sparse depth input at its original size, float32 (H, W) metres, 0 = no point.
+
+    ``num_samples == 0``: its ``sparse_depth_file_name`` (the readers' errors name the file: 8-bit PNG,
+    size, NaN ...; a record without one raises a KeyError). ``num_samples > 0``: that many points drawn
+    from the dense ground truth (``depth``, the mapper's already-read map, else the record's
+    ``depth_file_name``) -- in training a fresh draw each call, at test time the image's fixed points
+    (:func:`~segdep_d2.data.sparse_depth.sparse_depth_input`'s default generator).
+
+    Training draws use a generator seeded per call from NumPy's global state, the state detectron2's
+    augmentations draw from and seeds per DataLoader worker (``seed_all_rng`` / ``worker_init_reset_seed``):
+    reproducible with a seed, different in every worker. (One generator made in ``__init__`` would be forked
+    identical into every worker, which would then feed the same points.)
+    """
+    if num_samples > 0:
+        if "depth_file_name" not in dataset_dict and depth is None:
+            raise KeyError(
+                f"{dataset_dict.get('file_name')}: INPUT.SPARSE_DEPTH.NUM_SAMPLES = {num_samples} samples the sparse "
+                "input from the dense ground truth, but the record has no 'depth_file_name'"
+            )
+        if not is_train:
+            sparse = sparse_depth_input(dataset_dict, num_samples)  # the image's fixed evaluation points
+        else:
+            rng = np.random.default_rng(np.random.randint(0, 2**31 - 1))
+            if depth is not None:
+                sparse = sample_sparse_depth(depth, num_samples, rng)
+            else:
+                sparse = sparse_depth_input(dataset_dict, num_samples, rng)
+        source = dataset_dict.get("depth_file_name")
+    else:
+        sparse = sparse_depth_input(dataset_dict, 0)
+        source = dataset_dict.get("sparse_depth_file_name")
+    if shape is not None and sparse.shape != tuple(shape):  # read_depth checks it where the record has a size
+        raise ValueError(
+            f"sparse depth from {source} is {sparse.shape[1]}x{sparse.shape[0]} (WxH) but the image "
+            f"{dataset_dict.get('file_name')} is {shape[1]}x{shape[0]}"
+        )
+    return sparse
 
 
 def read_previous_frame(dataset_dict, shape, image_format: str):
