@@ -57,6 +57,7 @@ def add_segdep_config(cfg):
     _add_hydranet_config(cfg)
     _add_segdep_model_config(cfg)
     _add_segdep_text_config(cfg)
+    _add_depth_completion_config(cfg)
     return cfg
 
 
@@ -220,3 +221,80 @@ def _add_segdep_text_config(cfg):
     for key, value in text_keys.items():
         if key not in cfg.MODEL.SEGDEP:
             cfg.MODEL.SEGDEP[key] = value
+
+
+def _add_depth_completion_config(cfg):
+    """``MODEL.DEPTH_COMPLETION`` (RGB + sparse LiDAR + optional semantics -> dense metric depth, seed 004),
+    the sparse input's ``INPUT.SPARSE_DEPTH`` and ``TEST.DEPTH.COMPLETION``.
+
+    The depth range is ``MODEL.DEPTH_HEAD.{MIN_DEPTH, MAX_DEPTH}``: the network outputs MAX_DEPTH * sigmoid,
+    its sparse input is divided by MAX_DEPTH, and its losses are on depth / MAX_DEPTH.
+    """
+    if "SPARSE_DEPTH" not in cfg.INPUT:
+        cfg.INPUT.SPARSE_DEPTH = CN()
+        # The sparse input the mapper delivers (``sparse_depth``) to a model that reads one: 0 = the
+        # record's own sparse file (``sparse_depth_file_name``, e.g. KITTI's velodyne_raw); N > 0 = N points
+        # sampled from the dense ground truth (the NYUv2 protocol, e.g. 200 or 500; fixed per image at test).
+        cfg.INPUT.SPARSE_DEPTH.NUM_SAMPLES = 0
+    if "COMPLETION" not in cfg.TEST.DEPTH:
+        # Evaluate depth with the depth-completion evaluator (the KITTI / NYU depth-completion metrics) even
+        # for a model that takes no sparse input (a monocular baseline); a DepthCompletion model uses it anyway.
+        cfg.TEST.DEPTH.COMPLETION = False
+    if "DEPTH_COMPLETION" in cfg.MODEL:
+        return
+    node = cfg.MODEL.DEPTH_COMPLETION = CN()
+    # ---- encoder ----
+    # "conv": the seed's encoder, one stage per ENCODER_CHANNELS entry (a stride-2 3x3 conv + a 3x3 conv,
+    # each with NORM + ReLU), on the concatenation of the image, the semantic channels and the sparse stem
+    # (5 stages: strides 2 .. 32). "backbone": any detectron2 backbone, ``build_backbone(cfg)``
+    # (MODEL.BACKBONE.NAME: e.g. build_resnet_backbone with MODEL.RESNETS.DEPTH 18 / 34 and
+    # RES2_OUT_CHANNELS 64, or build_mobilenetv2_backbone); it sees the image plus a zero-initialised 1x1
+    # projection of the sparse stem and semantic channels (a sum, so pretrained weights start unchanged),
+    # and BACKBONE_FEATURES are the decoder's skips (the backbone must output them; the coarsest at
+    # stride 16 or more).
+    node.ENCODER = "conv"
+    node.ENCODER_CHANNELS = [32, 64, 128, 256, 256]
+    node.BACKBONE_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Norm of the conv encoder, sparse stem and decoder ("BN", "SyncBN", "GN", "" = none, ...).
+    node.NORM = "BN"
+    # A separate light stem (3x3 conv + NORM + ReLU) on [sparse depth / MAX_DEPTH, validity mask], so a
+    # missing point (mask 0) is not a point at zero depth. Its output also joins the full-resolution skip.
+    node.SPARSE_STEM_CHANNELS = 16
+    # ---- semantic guidance ----
+    # "none"; "labels": the record's semantic label map (``sem_seg`` in the inputs, IGNORE_VALUE = no
+    # label, a sample without one has none); "guide": the softmax of a frozen segmentation model
+    # (GUIDE_CONFIG + GUIDE_WEIGHTS: any registered segdep_d2 / detectron2 meta-arch with a ``sem_seg``
+    # output, e.g. a trained HydraNet), run on the same images. NUM_CLASSES of them (0 =
+    # MODEL.SEM_SEG_HEAD.NUM_CLASSES; a guide must predict exactly that many).
+    node.SEMANTIC_INPUT = "none"
+    # How the labels / class probabilities enter: "onehot" (NUM_CLASSES channels; probabilities as they
+    # are) or "embedding" (a learned SEMANTIC_CHANNELS-wide embedding per class; the expected embedding
+    # under the guide's probabilities). 2 channels = the seed's RGB + sparse + 2 extra-channel layout.
+    node.SEMANTIC_ENCODING = "embedding"
+    node.SEMANTIC_CHANNELS = 2
+    node.NUM_CLASSES = 0
+    node.GUIDE_CONFIG = ""
+    node.GUIDE_WEIGHTS = ""  # "" = the guide config's MODEL.WEIGHTS
+    # ---- decoder ----
+    # Width of the decoder at each predicted scale, coarsest 1/16 -> finest 1/1 (levels coarser than 1/16,
+    # between a stride-32 encoder and the first prediction, take the first width). Each level upsamples x2
+    # ("deconv": 4x4 transposed conv, the seed's; "bilinear": bilinear + 3x3 conv), concatenates the
+    # encoder's skip at its stride and applies a 3x3 conv; a 3x3 conv predicts its depth.
+    node.DECODER_CHANNELS = [256, 128, 64, 32, 16]
+    node.UPSAMPLE = "deconv"
+    # Inputs are padded to a multiple of this (at least the encoder's coarsest stride).
+    node.SIZE_DIVISIBILITY = 32
+    # ---- losses (on depth / MAX_DEPTH) ----
+    # loss_depth_l1 = sum_s w_s * masked L1 at scale s (1/16, 1/8, 1/4, 1/2, 1/1), each scale's target
+    # nearest-downsampled from the full-resolution ground truth; LOSS_RELATIVE: |d - d*| / d* instead.
+    node.LOSS_SCALE_WEIGHTS = [0.0625, 0.125, 0.25, 0.5, 1.0]
+    node.LOSS_RELATIVE = False
+    # loss_depth_l2 = L2_WEIGHT * the same with squared errors (0 = off).
+    node.L2_WEIGHT = 0.0
+    # loss_smoothness = SMOOTHNESS_WEIGHT * edge-aware first-order smoothness of the finest depth (0 = off).
+    node.SMOOTHNESS_WEIGHT = 0.0
+    # An extra output channel at full resolution -> ``depth_confidence`` in (0, 1) at inference, trained
+    # (loss_depth_confidence = CONFIDENCE_LOSS_WEIGHT * BCE) to be the probability that the pixel's
+    # prediction is within a factor 1.25 of the ground truth (delta_1).
+    node.PREDICT_CONFIDENCE = False
+    node.CONFIDENCE_LOSS_WEIGHT = 0.1

@@ -7,7 +7,12 @@ with :func:`label_boundary_band`), KL distillation of open-vocabulary prompt log
 closed-set head (:func:`open_vocab_distillation_loss`; the open-vocab CE itself is
 :func:`masked_cross_entropy` over the prompt logits) and an InfoNCE alignment of pooled class pixel
 embeddings with their text embeddings (:func:`info_nce_alignment_loss`); the referring head's masks are
-trained with binary cross-entropy and :func:`dice_loss`."""
+trained with binary cross-entropy and :func:`dice_loss`.
+
+The DepthCompletion losses: the weighted multi-scale L1 / L2 of the seed (:func:`multiscale_depth_l1_loss`,
+:func:`multiscale_depth_l2_loss`; each scale's target nearest-downsampled by :func:`nearest_downsample_depth`,
+never averaged across invalid pixels), an edge-aware first-order smoothness (:func:`edge_aware_smoothness_loss`)
+and the confidence head's loss (:func:`depth_confidence_loss`)."""
 import math
 from typing import Optional, Sequence
 
@@ -20,6 +25,8 @@ __all__ = [
     "masked_cross_entropy", "UncertaintyWeighting",
     "label_boundary_band", "boundary_aware_focal_loss", "open_vocab_distillation_loss", "info_nce_alignment_loss",
     "dice_loss",
+    "nearest_downsample_depth", "multiscale_depth_l1_loss", "multiscale_depth_l2_loss", "edge_aware_smoothness_loss",
+    "depth_confidence_loss",
 ]
 
 
@@ -232,6 +239,117 @@ def dice_loss(logits, target, valid=None, smooth=1.0):
     numerator = 2.0 * (probs * target).sum(dim=1) + smooth
     denominator = probs.sum(dim=1) + target.sum(dim=1) + smooth
     return (1.0 - numerator / denominator).mean()
+
+
+def _block_centres(full: int, size: int, device):
+    """Index of the centre pixel of each of ``size`` equal blocks of ``full`` pixels:
+    floor((i + 0.5) * full / size), PyTorch's ``nearest-exact`` sampling, in exact integer arithmetic."""
+    i = torch.arange(size, device=device)
+    return (((2 * i + 1) * full) // (2 * size)).clamp(max=full - 1)
+
+
+def nearest_downsample_depth(target, valid, size):
+    """``(target, valid)`` (N, H, W) -> both at ``size = (h, w)`` by nearest-neighbour sampling: each coarse
+    pixel takes the value *and the validity* of one full-resolution pixel, the centre of its block
+    (:func:`_block_centres`; for H = 2h that is row 2i + 1). Nothing is averaged, so an invalid pixel
+    (0 depth) never blends into a valid coarse target, and a coarse pixel is valid iff its sample is."""
+    h, w = int(size[0]), int(size[1])
+    if target.shape != valid.shape or target.dim() != 3:
+        raise ValueError(f"target {tuple(target.shape)} and valid {tuple(valid.shape)} must both be (N, H, W)")
+    if (h, w) == tuple(target.shape[-2:]):
+        return target, valid
+    rows = _block_centres(target.shape[-2], h, target.device)
+    cols = _block_centres(target.shape[-1], w, target.device)
+    pick = lambda x: x.index_select(-2, rows).index_select(-1, cols)  # noqa: E731
+    return pick(target), pick(valid)
+
+
+def _multiscale_depth_loss(preds, target, valid, scale_weights, relative, power):
+    if isinstance(preds, torch.Tensor):
+        preds = [preds]
+    if len(preds) != len(scale_weights):
+        raise ValueError(f"{len(preds)} predictions for {len(scale_weights)} scale weights")
+    valid = valid.bool()
+    if relative:
+        valid = valid & (target > 0)  # a relative error needs a positive ground truth
+    total = 0.0
+    for pred, weight in zip(preds, scale_weights):
+        if pred.dim() == 4:
+            if pred.shape[1] != 1:
+                raise ValueError(f"depth predictions must have one channel, got {tuple(pred.shape)}")
+            pred = pred[:, 0]
+        t, v = nearest_downsample_depth(target, valid, pred.shape[-2:])
+        if weight == 0 or not v.any():
+            total = total + _empty(pred)
+            continue
+        error = (pred[v] - t[v]).abs()
+        if relative:
+            error = error / t[v]
+        total = total + float(weight) * error.pow(power).mean()
+    return total
+
+
+def multiscale_depth_l1_loss(preds, target, valid, scale_weights, relative=False):
+    """The seed's weighted multi-scale L1: ``sum_s w_s * mean_{valid p at s} |d_s(p) - d*_s(p)|``.
+
+    ``preds``: depth predictions (N, 1, h_s, w_s) or (N, h_s, w_s), one per entry of ``scale_weights``
+    (e.g. coarsest 1/16 to finest 1/1); ``target`` / ``valid``: (N, H, W) full-resolution ground truth and
+    its validity. Each scale's target is :func:`nearest_downsample_depth` of the full one (the seed
+    average-pooled, which blends invalid zeros in). Each scale is a mean over its valid pixels of the
+    whole batch; the weights are applied as given (not renormalised). ``relative``: the error is divided
+    by the ground truth, |d - d*| / d* (pixels with d* <= 0 count as invalid). A scale without a valid
+    pixel adds an exact 0, still connected to its prediction, so the loss is finite (0) when no sample
+    of the batch has ground truth."""
+    return _multiscale_depth_loss(preds, target, valid, scale_weights, relative, 1)
+
+
+def multiscale_depth_l2_loss(preds, target, valid, scale_weights, relative=False):
+    """:func:`multiscale_depth_l1_loss` with squared errors: ``sum_s w_s * mean (d_s - d*_s)^2``
+    (``relative``: ``((d - d*) / d*)^2``)."""
+    return _multiscale_depth_loss(preds, target, valid, scale_weights, relative, 2)
+
+
+def edge_aware_smoothness_loss(depth, image, valid=None):
+    """Edge-aware first-order smoothness (Godard et al., Monodepth): ``mean |dx d| exp(-|dx I|) +
+    mean |dy d| exp(-|dy I|)``, the image gradient averaged over channels, so depth may change where the
+    image has an edge. ``depth`` (N, 1, H, W) or (N, H, W) on the scale the caller chooses (DepthCompletion
+    passes depth / MAX_DEPTH), ``image`` (N, C, H, W) (in [0, 1] for the usual edge sensitivity).
+    ``valid`` (N, H, W) optional: only differences between two valid pixels count (e.g. the image area
+    inside the padding). 0, still connected to ``depth``, when no pair counts."""
+    if depth.dim() == 3:
+        depth = depth.unsqueeze(1)
+    image = image.to(depth.dtype)
+    terms = []
+    for dim in (-1, -2):
+        n = depth.shape[dim]
+        if n < 2:
+            continue
+        grad_d = (depth.narrow(dim, 1, n - 1) - depth.narrow(dim, 0, n - 1)).abs()[:, 0]
+        grad_i = (image.narrow(dim, 1, n - 1) - image.narrow(dim, 0, n - 1)).abs().mean(dim=1)
+        term = grad_d * torch.exp(-grad_i)
+        if valid is not None:
+            pair = valid.narrow(dim, 1, n - 1) & valid.narrow(dim, 0, n - 1)
+            term = term[pair]
+        terms.append(term.mean() if term.numel() else _empty(depth))
+    return sum(terms) if terms else _empty(depth)
+
+
+def depth_confidence_loss(confidence_logits, pred, target, valid, threshold=1.25):
+    """Trains a per-pixel confidence to be the probability that the depth prediction is accurate:
+    binary cross-entropy of ``sigmoid(confidence_logits)`` against ``max(d / d*, d* / d) < threshold``
+    (the delta_1 criterion of the depth metrics for 1.25), ``pred`` detached. All (N, H, W) (or
+    (N, 1, H, W)); mean over valid pixels with d* > 0, 0 (still connected) when there is none."""
+    if confidence_logits.dim() == 4:
+        confidence_logits = confidence_logits[:, 0]
+    if pred.dim() == 4:
+        pred = pred[:, 0]
+    valid = valid.bool() & (target > 0)
+    if not valid.any():
+        return _empty(confidence_logits)
+    p = pred.detach()[valid].clamp(min=1e-6)
+    t = target[valid]
+    accurate = (torch.maximum(p / t, t / p) < threshold).to(confidence_logits.dtype)
+    return F.binary_cross_entropy_with_logits(confidence_logits[valid], accurate)
 
 
 class UncertaintyWeighting(nn.Module):
