@@ -23,6 +23,7 @@ from ..data import DepthPanopticDatasetMapper
 from ..data.label_io import has_panoptic
 from ..data.pseudo_labels import register_pseudo_labels
 from ..evaluation import (
+    DepthCompletionEvaluator,
     DepthEvaluator,
     LabelledSemSegEvaluator,
     OpenVocabEvaluator,
@@ -30,7 +31,7 @@ from ..evaluation import (
     ReferringEvaluator,
     VocabularyDataLoader,
 )
-from ..modeling.meta_arch import model_outputs
+from ..modeling.meta_arch import model_outputs, reads_sparse_depth
 
 __all__ = [
     "SegDepTrainer", "answers_referring_queries", "build_evaluators", "label_counts", "open_vocab_evaluator",
@@ -124,7 +125,14 @@ def build_evaluators(cfg, dataset_name, output_folder=None):
     ``instance_file_name`` and the model answers queries (:func:`answers_referring_queries`; the test
     loader's mapper passes each record's query dicts to the model, which reads their ``"text"``). A
     partly labelled dataset is evaluated per label type on the records that have it; each result
-    reports ``num_images``."""
+    reports ``num_images``.
+
+    Depth completion: for a model that reads sparse depth (:func:`reads_sparse_depth`) or when
+    ``TEST.DEPTH.COMPLETION`` is set, the records with depth get a :class:`DepthCompletionEvaluator`
+    (evaluator type ``"depth_completion"``: KITTI RMSE / MAE / iRMSE / iMAE, the NYUv2 numbers, and
+    the sparse-only / nearest / bilinear baselines of the same sparse input, ``INPUT.SPARSE_DEPTH.
+    NUM_SAMPLES`` points of the ground truth or the records' ``sparse_depth_file_name`` when 0) instead
+    of the :class:`DepthEvaluator`."""
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     records = DatasetCatalog.get(dataset_name)
@@ -139,7 +147,16 @@ def build_evaluators(cfg, dataset_name, output_folder=None):
     evaluators = []
     if counts["sem_seg"] and "sem_seg" in outputs:
         evaluators.append(LabelledSemSegEvaluator(dataset_name, output_dir=output_folder))
-    if counts["depth"] and "depth" in outputs:
+    completion = reads_sparse_depth(cfg) or cfg.TEST.DEPTH.COMPLETION
+    if counts["depth"] and "depth" in outputs and completion:
+        evaluators.append(
+            DepthCompletionEvaluator(
+                dataset_name,
+                output_dir=output_folder,
+                num_samples=cfg.INPUT.SPARSE_DEPTH.NUM_SAMPLES,
+            )
+        )
+    elif counts["depth"] and "depth" in outputs:
         evaluators.append(
             DepthEvaluator(
                 dataset_name,

@@ -12,6 +12,19 @@ from .panoptic_depth_metrics import (
     summarize_panoptic_depth,
 )
 from .depth_evaluator import DepthEvaluator
+from .depth_completion import (
+    COMPLETION_BASELINES,
+    DEPTH_COMPLETION_EVALUATOR_TYPE,
+    DEPTH_COMPLETION_METRIC_NAMES,
+    DepthCompletionEvaluator,
+    bilinear_fill,
+    completion_image_metrics,
+    depth_completion_metrics,
+    kitti_interpolate_background,
+    nearest_fill,
+    nyu_completion_metrics,
+    sparse_only_metrics,
+)
 from .panoptic_depth_evaluator import PanopticDepthEvaluator, panoptic_gt_to_label_map
 from .sem_seg_evaluator import LabelledSemSegEvaluator
 from .open_vocab_evaluator import (
@@ -49,6 +62,17 @@ __all__ = [
     "depth_aware_pq",
     "dpq_key",
     "DepthEvaluator",
+    "COMPLETION_BASELINES",
+    "DEPTH_COMPLETION_EVALUATOR_TYPE",
+    "DEPTH_COMPLETION_METRIC_NAMES",
+    "DepthCompletionEvaluator",
+    "bilinear_fill",
+    "completion_image_metrics",
+    "depth_completion_metrics",
+    "kitti_interpolate_background",
+    "nearest_fill",
+    "nyu_completion_metrics",
+    "sparse_only_metrics",
     "PanopticDepthEvaluator",
     "LabelledSemSegEvaluator",
     "panoptic_gt_to_label_map",
