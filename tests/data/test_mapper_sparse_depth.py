@@ -329,7 +329,7 @@ _TEST_ARCH = "_SparseDepthMapperTestArch"
 
 
 def _cfg(tmp_path, arch, num_samples=None):
-    from detectron2.config import CfgNode, get_cfg
+    from detectron2.config import get_cfg
     from detectron2.data import MetadataCatalog
 
     from segdep_d2 import add_segdep_config
@@ -348,8 +348,6 @@ def _cfg(tmp_path, arch, num_samples=None):
     cfg.INPUT.MIN_SIZE_TEST = H
     cfg.INPUT.FORMAT = "RGB"
     if num_samples is not None:
-        if "SPARSE_DEPTH" not in cfg.INPUT:
-            cfg.INPUT.SPARSE_DEPTH = CfgNode()
         cfg.INPUT.SPARSE_DEPTH.NUM_SAMPLES = num_samples
     return cfg
 
@@ -384,12 +382,12 @@ def test_from_config_follows_reads_sparse_depth(tmp_path):
     assert not plain.sparse_depth and "sparse_depth" not in plain(record)
 
 
-def test_depth_completion_reads_sparse_depth_once_registered(tmp_path):
-    from detectron2.modeling import META_ARCH_REGISTRY
-
+def test_depth_completion_reads_sparse_depth_and_its_label_input(tmp_path):
     import segdep_d2.modeling  # noqa: F401  (registers the meta-archs)
 
-    if "DepthCompletion" not in META_ARCH_REGISTRY:
-        pytest.skip("DepthCompletion is not registered yet")
     mapper = DepthPanopticDatasetMapper(_cfg(tmp_path, "DepthCompletion"), is_train=True)
-    assert mapper.sparse_depth
+    assert mapper.sparse_depth and not mapper.semantic_input
+    cfg = _cfg(tmp_path, "DepthCompletion")
+    cfg.MODEL.DEPTH_COMPLETION.SEMANTIC_INPUT = "labels"
+    test_mapper = DepthPanopticDatasetMapper(cfg, is_train=False)
+    assert test_mapper.semantic_input  # the label map is an input: delivered at test time too

@@ -64,6 +64,7 @@ class DepthPanopticDatasetMapper:
         previous_frame: bool = False,
         sparse_depth: bool = False,
         sparse_depth_samples: int = 0,
+        semantic_input: bool = False,
     ):
         """
         Args:
@@ -81,6 +82,9 @@ class DepthPanopticDatasetMapper:
                 at its original size, before the augmentation: a fresh draw every time in training,
                 the image's fixed evaluation points (:func:`~segdep_d2.data.sparse_depth.evaluation_rng`)
                 at test time.
+            semantic_input: deliver ``sem_seg`` at test time too, where the record has
+                ``sem_seg_file_name`` (a model that takes the label map as an input: depth completion with
+                ``MODEL.DEPTH_COMPLETION.SEMANTIC_INPUT "labels"``).
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
@@ -91,6 +95,7 @@ class DepthPanopticDatasetMapper:
         self.previous_frame = previous_frame
         self.sparse_depth = bool(sparse_depth)
         self.sparse_depth_samples = int(sparse_depth_samples or 0)
+        self.semantic_input = bool(semantic_input)
         if self.sparse_depth_samples < 0:
             raise ValueError(f"sparse_depth_samples (INPUT.SPARSE_DEPTH.NUM_SAMPLES) must be >= 0, got {sparse_depth_samples}")
         logging.getLogger(__name__).info(
@@ -102,6 +107,7 @@ class DepthPanopticDatasetMapper:
         from ...modeling.meta_arch import (  # at call time: modeling imports data
             model_outputs,
             reads_previous_frame,
+            reads_semantic_labels,
             reads_sparse_depth,
         )
 
@@ -128,7 +134,8 @@ class DepthPanopticDatasetMapper:
             "previous_frame": reads_previous_frame(cfg),
             # only a model with a sparse depth input (depth completion)
             "sparse_depth": reads_sparse_depth(cfg),
-            "sparse_depth_samples": sparse_depth_samples(cfg),
+            "sparse_depth_samples": cfg.INPUT.SPARSE_DEPTH.NUM_SAMPLES,
+            "semantic_input": reads_semantic_labels(cfg),
         }
 
     def __call__(self, dataset_dict):
@@ -148,6 +155,8 @@ class DepthPanopticDatasetMapper:
                 label = read_sem_seg(dataset_dict)
             if "depth_file_name" in dataset_dict:
                 depth = read_depth(dataset_dict)
+        elif self.semantic_input and "sem_seg_file_name" in dataset_dict:
+            label = read_sem_seg(dataset_dict)  # an input of the model, not a target
         # referring records only (every other record takes none of these steps)
         instance_ids = None
         if self.is_train and dataset_dict.get("queries"):
@@ -181,12 +190,6 @@ class DepthPanopticDatasetMapper:
             sparse = transform_sparse_depth(transforms, sparse, output_shape=image.shape[:2])
             dataset_dict["sparse_depth"] = torch.from_numpy(sparse)
         return dataset_dict
-
-
-def sparse_depth_samples(cfg) -> int:
-    """``cfg.INPUT.SPARSE_DEPTH.NUM_SAMPLES`` (0 = the records' sparse files), 0 for a config without it."""
-    node = cfg.INPUT.get("SPARSE_DEPTH", None)
-    return int(node.get("NUM_SAMPLES", 0) or 0) if node is not None else 0
 
 
 def read_sparse_input(dataset_dict, num_samples: int, is_train: bool, depth=None, shape=None) -> np.ndarray:
