@@ -13,6 +13,11 @@ from .kitti import (
     register_kitti_eigen,
     register_kitti_sem_seg,
 )
+from .kitti_completion import (
+    load_kitti_depth_completion,
+    register_all_kitti_completion,
+    register_kitti_depth_completion,
+)
 from .sidewalk import load_sidewalk, register_all_sidewalk, register_sidewalk, sidewalk_metadata, sidewalk_split_of
 from .sidewalk_categories import SIDEWALK_CLASSES, sidewalk_label_to_id
 from .vkitti2 import load_vkitti2, load_vkitti2_referring, register_vkitti2, register_vkitti2_referring
@@ -45,6 +50,9 @@ __all__ = [
     "register_kitti_depth",
     "register_kitti_eigen",
     "register_kitti_sem_seg",
+    "load_kitti_depth_completion",
+    "register_kitti_depth_completion",
+    "register_all_kitti_completion",
     "VKITTI2_CATEGORIES",
     "prepare_nyuv2",
     "register_nyuv2",

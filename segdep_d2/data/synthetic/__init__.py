@@ -11,6 +11,8 @@ by construction, and writes them as the real datasets do:
 * :func:`generate_cityscapes` writes leftImg8bit / gtFine / disparity / camera and runs cityscapesscripts'
   own panoptic conversion;
 * :func:`generate_kitti` writes the KITTI depth benchmark (+ raw images), semantics and an Eigen split file;
+* :func:`generate_kitti_completion` writes the KITTI depth completion benchmark (``data_depth_velodyne`` from a
+  simulated 64-beam LiDAR scan, ``data_depth_annotated``, raw images, ``depth_selection``);
 * :func:`generate_sidewalk` writes the Korean sidewalk dataset (AI Hub 인도보행 영상 / SafeTrip-Q seed): Surface
   (CVAT XML + colour masks), Polygon (CVAT XML) and ZED Depth folders (stereo pair, disp16, confidence, .conf),
   seen by a pedestrian walking along a sidewalk.
@@ -24,7 +26,8 @@ Modules, in pipeline order: :mod:`.constants` (dataset constants, class tables),
 :mod:`.layout` and :mod:`.vehicles` (the scene), :mod:`.camera` (intrinsics, poses, rays), :mod:`.raycast`
 (G-buffer), :mod:`.noise`, :mod:`.ground`, :mod:`.materials` and :mod:`.shading` (colour), :mod:`.frame`
 (in-memory frames), :mod:`.flow` (exact optical flow), :mod:`.encoding`, :mod:`.vkitti2_writer`,
-:mod:`.cityscapes_writer`, :mod:`.kitti_writer` and :mod:`.sidewalk_writer` (files).
+:mod:`.cityscapes_writer`, :mod:`.kitti_writer`, :mod:`.kitti_completion_writer` and :mod:`.sidewalk_writer`
+(files).
 Everything is deterministic for a seed: the output is pinned byte for byte by tests/data/test_synthetic.py.
 """
 
@@ -41,6 +44,7 @@ from .constants import (
 from .encoding import cityscapes_disparity_png, vkitti2_depth_png
 from .flow import frame_flow
 from .frame import SyntheticFrame, SyntheticTrack, render_frame
+from .kitti_completion_writer import generate_kitti_completion, lidar_scan_mask
 from .kitti_writer import generate_kitti, kitti_depth_png, kitti_intrinsics
 from .layout import SceneLayout, build_scene
 from .sidewalk_writer import generate_sidewalk
@@ -70,5 +74,7 @@ __all__ = [
     "kitti_intrinsics",
     "kitti_depth_png",
     "generate_kitti",
+    "generate_kitti_completion",
+    "lidar_scan_mask",
     "generate_sidewalk",
 ]
