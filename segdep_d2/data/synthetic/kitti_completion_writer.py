@@ -20,7 +20,8 @@ evenly down to -24.8) is crossed with azimuths every ``azimuth_step_deg`` (0.172
 with a random phase per frame); a beam at elevation theta and azimuth phi projects to the column
 ``cx + fx tan(phi)`` and the row ``cy - fy tan(theta) / cos(phi)``, so in every column the points lie on one row
 per beam, and each point takes the rendered depth of the pixel it lands on, where that pixel has geometry (no sky)
-within the LiDAR's 120 m. Simplifications: the LiDAR sits at the camera centre with the camera's axes (KITTI's is
+within the LiDAR's 120 m, plus Gaussian range noise (``lidar_noise_m``, 2 cm: the HDL-64E's accuracy), so the
+input is not the target sampled (the real velodyne_raw is not the accumulated ground truth either). Simplifications: the LiDAR sits at the camera centre with the camera's axes (KITTI's is
 0.27 m behind and 8 cm above, whence the real data's occlusion bleed-through, which is not simulated), and each
 point is snapped to a pixel centre. The sensor's resolution follows the image size (``beam_stride`` /
 ``azimuth_step_deg`` None): every round(375 / height)-th beam and an azimuth step * 1242 / width, so that a smaller
@@ -162,7 +163,7 @@ def generate_kitti_completion(out_dir: str, *, drives: Mapping[str, Sequence[str
                               height: int = 188, width: int = 621, seed: int = 0, gt_density: float = 0.25,
                               max_lidar_depth: float = LIDAR_MAX_RANGE, beam_stride: Optional[int] = None,
                               azimuth_step_deg: Optional[float] = None, selection_split: Optional[str] = "val",
-                              test_frames: int = 2) -> dict:
+                              test_frames: int = 2, lidar_noise_m: float = 0.02) -> dict:
     """Write the KITTI depth completion layout (see the module docstring) under ``out_dir``.
 
     Args:
@@ -176,6 +177,8 @@ def generate_kitti_completion(out_dir: str, *, drives: Mapping[str, Sequence[str
         selection_split: the split whose annotated frames are cropped into ``val_selection_cropped``; None (or a
             split without drives): no ``val_selection_cropped``.
         test_frames: frames of ``test_depth_completion_anonymous`` (0: none).
+        lidar_noise_m: standard deviation of the Gaussian noise added to each LiDAR point's depth (metres;
+            the HDL-64E's range accuracy is about 2 cm); the ground truth stays exact. 0: noise-free points.
 
     Returns a summary dict (as the other writers'): ``frames`` (one dict per raw frame: ``split``, ``drive``,
     ``camera``, ``frame``, ``image``, ``velodyne_raw`` / ``groundtruth`` or None), ``selection`` and ``test``
@@ -207,9 +210,14 @@ def generate_kitti_completion(out_dir: str, *, drives: Mapping[str, Sequence[str
     calib_written = set()
 
     def scan(frame, *seed_items):
+        """The scan as a uint16 PNG: the rendered depth at the scanned pixels plus the range noise."""
         rng = np.random.default_rng(stable_seed(seed, "kitti_completion", *seed_items))
-        return lidar_scan_mask(frame.depth, K, elevations_deg=elevations, azimuth_step_deg=azimuth_step_deg,
+        mask = lidar_scan_mask(frame.depth, K, elevations_deg=elevations, azimuth_step_deg=azimuth_step_deg,
                                azimuth_phase=float(rng.random()), max_range=max_lidar_depth)
+        measured = frame.depth.astype(np.float64)
+        if lidar_noise_m > 0:
+            measured = np.where(mask, measured + rng.normal(0.0, lidar_noise_m, measured.shape), measured)
+        return kitti_depth_png(measured, mask)
 
     for split, names in drives.items():
         counts[split] = {}
@@ -238,7 +246,7 @@ def generate_kitti_completion(out_dir: str, *, drives: Mapping[str, Sequence[str
                     rng = np.random.default_rng(stable_seed(seed, "kitti", drive, camera, frame_index))
                     gt = kitti_depth_png(frame.depth, _lidar_mask(frame.depth, frame.label, K, rng, gt_density,
                                                                   max_lidar_depth))
-                    sparse = kitti_depth_png(frame.depth, scan(frame, drive, camera, frame_index))
+                    sparse = scan(frame, drive, camera, frame_index)
                     entry["groundtruth"] = os.path.join(out_dir, "data_depth_annotated", split, drive, "proj_depth",
                                                         "groundtruth", camera, stem)
                     entry["velodyne_raw"] = os.path.join(out_dir, "data_depth_velodyne", split, drive, "proj_depth",
@@ -270,7 +278,7 @@ def generate_kitti_completion(out_dir: str, *, drives: Mapping[str, Sequence[str
         for index in range(test_frames):
             frame = render_frame(layout, index, height=height, width=width, intrinsics=K, camera=0)
             crop = (slice(top, top + crop_h), slice(left, left + crop_w))
-            sparse = kitti_depth_png(frame.depth, scan(frame, TEST_SCENE, index))
+            sparse = scan(frame, TEST_SCENE, index)
             item = dict(image=os.path.join(test_root, "image", f"{index:010d}.png"),
                         velodyne_raw=os.path.join(test_root, "velodyne_raw", f"{index:010d}.png"),
                         intrinsics=os.path.join(test_root, "intrinsics", f"{index:010d}.txt"), K=K_crop.tolist(),
