@@ -7,8 +7,9 @@
   (:func:`segdep_d2.modeling.export.load_onnx_model`, the real-time path), and times the model call.
 * :func:`render`: the pictures of one output, whatever the family produced: the panoptic overlay
   labelled "class 12.3 m" when there is a ``panoptic_seg`` (PanopticDepthLab), else the semantic
-  overlay labelled the same way (HydraNet), the depth map with its colour bar, the depth error where
-  ground truth is given, and a panel of them all.
+  overlay labelled the same way (HydraNet), none without segmentation (DepthCompletion: its sparse
+  input points drawn on the image instead), the depth map with its colour bar, the depth error where
+  ground truth is given, the depth confidence where the model gives one, and a panel of them all.
 * :func:`run_on_images` / :func:`run_on_video`: image files, folders and globs -> PNGs, a video ->
   an MP4 (overlay | depth per frame), each with frames-per-second figures (:class:`FrameTimes`).
 """
@@ -29,7 +30,17 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from PIL import Image
 
-from ..utils.visualizer import DepthPanopticVisualizer, depth_panel, display_depth_range, error_panel, side_by_side
+from ..data.transforms import transform_sparse_depth
+from ..modeling.meta_arch import reads_sparse_depth
+from ..utils.visualizer import (
+    DepthPanopticVisualizer,
+    confidence_panel,
+    depth_panel,
+    display_depth_range,
+    draw_sparse_points,
+    error_panel,
+    side_by_side,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -64,7 +75,9 @@ class Predictor:
     ``predictor(image)`` takes one (H, W, 3) uint8 image, in BGR order by default (``cv2.imread``,
     ``cv2.VideoCapture``) as detectron2's, and returns the model's output dict for it at H x W:
     ``sem_seg`` (C, H, W) logits and ``depth`` (H, W) metres, plus ``panoptic_seg`` for
-    PanopticDepthLab. ``model_seconds`` is the duration of the last model call (network and the
+    PanopticDepthLab; a depth-completion model (``reads_sparse_depth``) also takes the image's sparse
+    depth, ``predictor(image, sparse_depth=points)``, and returns ``depth`` (+ ``depth_confidence``).
+    ``model_seconds`` is the duration of the last model call (network and the
     model's own post-processing; no reading, resizing or drawing).
     """
 
@@ -99,20 +112,43 @@ class Predictor:
             raise ValueError(f"INPUT.FORMAT {self.input_format!r}: the predictor takes RGB or BGR models")
         self._cuda = onnx_path is None and self.cfg.MODEL.DEVICE.startswith("cuda")
         self.model_seconds = None
+        self.reads_sparse_depth = reads_sparse_depth(self.cfg)
 
-    def model_input(self, original_image, image_format="BGR"):
+    def model_input(self, original_image, image_format="BGR", sparse_depth=None):
         """The dict the model takes for one image: resized ``image`` (uint8 (3, h, w) in
-        ``INPUT.FORMAT``) and the original ``height`` / ``width``, which outputs come back at."""
+        ``INPUT.FORMAT``) and the original ``height`` / ``width``, which outputs come back at; for a
+        model that reads a sparse depth input (depth completion) also ``sparse_depth``: float32
+        (h, w) metres, 0 = no point, the given (H, W) map's points scattered through the image's
+        resize (:func:`~segdep_d2.data.transforms.transform_sparse_depth`, as the dataset mapper does)."""
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         image = original_image[:, :, ::-1] if image_format != self.input_format else original_image
         height, width = image.shape[:2]
-        resized = self.aug.get_transform(image).apply_image(image)
+        transform = self.aug.get_transform(image)
+        resized = transform.apply_image(image)
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-        return {"image": tensor, "height": height, "width": width}
+        inputs = {"image": tensor, "height": height, "width": width}
+        if sparse_depth is None:
+            if self.reads_sparse_depth:
+                raise ValueError(
+                    f"{self.cfg.MODEL.META_ARCHITECTURE} is a depth-completion model: it needs the image's sparse "
+                    "depth input (sparse_depth=(H, W) metres, 0 = no point)"
+                )
+            return inputs
+        if isinstance(sparse_depth, torch.Tensor):
+            sparse_depth = sparse_depth.detach().cpu().numpy()
+        sparse_depth = np.asarray(sparse_depth, dtype=np.float32)
+        if sparse_depth.shape != (height, width):
+            raise ValueError(
+                f"sparse depth is {sparse_depth.shape[1]}x{sparse_depth.shape[0]} (WxH) but the image is "
+                f"{width}x{height}"
+            )
+        sparse = transform_sparse_depth(transform, sparse_depth, output_shape=resized.shape[:2])
+        inputs["sparse_depth"] = torch.from_numpy(sparse)
+        return inputs
 
-    def __call__(self, original_image, image_format="BGR"):
-        inputs = self.model_input(original_image, image_format)
+    def __call__(self, original_image, image_format="BGR", sparse_depth=None):
+        inputs = self.model_input(original_image, image_format, sparse_depth)
         with torch.no_grad():
             self._synchronize()
             start = time.perf_counter()
@@ -129,33 +165,44 @@ class Predictor:
 # ---------------------------------------------------------------------------------------------
 # Drawing
 # ---------------------------------------------------------------------------------------------
-def render(image_rgb, output, metadata, gt_depth=None, depth_range=None):
+def render(image_rgb, output, metadata, gt_depth=None, depth_range=None, sparse_depth=None):
     """The pictures of one prediction, RGB uint8 each, in this order:
 
+    * ``"points"``: the sparse depth input drawn on the image (:func:`draw_sparse_points`: each point
+      in the colour the depth panel gives its depth), only when ``sparse_depth`` is given (depth
+      completion);
     * ``"panoptic"``: segments labelled "class 12.3 m" (things in their distance colour), when the
       output has ``panoptic_seg``; otherwise ``"sem_seg"``: the argmax of ``sem_seg`` in the
       dataset's colours, each region labelled "class 12.3 m" (see
-      :meth:`DepthPanopticVisualizer.draw_sem_seg_depth`);
+      :meth:`DepthPanopticVisualizer.draw_sem_seg_depth`); neither for an output without
+      segmentation (depth completion);
     * ``"depth"``: the depth map with its colour bar (log scale, near red, far blue);
     * ``"error"``: AbsRel against ``gt_depth`` (metres, H x W), only when it is given;
-    * ``"panel"``: the input and all of the above side by side, two per row.
+    * ``"confidence"``: the output's ``depth_confidence`` in [0, 1] with its colour bar, when present;
+    * ``"panel"``: the input and all of the above side by side, two per row; with ``sparse_depth`` the
+      points image stands for the input and all go in one row (points | depth | error | confidence).
 
     Args:
         image_rgb: the (H, W, 3) input image the output belongs to, RGB.
-        output: a model's output dict for it (any of ``panoptic_seg``, ``sem_seg``, ``depth``).
+        output: a model's output dict for it (any of ``panoptic_seg``, ``sem_seg``, ``depth``,
+            ``depth_confidence``).
         metadata: class names / colours / ``depth_range`` / ``classes_without_depth``.
         depth_range: (near, far) metres of the colours; default :func:`display_depth_range`.
+        sparse_depth: the model's sparse depth input at the image's size (H x W metres, 0 = no point).
     """
     lo, hi = depth_range or display_depth_range(metadata)
     depth = output["depth"].detach().cpu().numpy() if "depth" in output else None
-    visualizer = DepthPanopticVisualizer(image_rgb, metadata, near=lo, far=hi)
     images = {}
+    if sparse_depth is not None:
+        images["points"] = draw_sparse_points(image_rgb, sparse_depth, lo, hi)
     if "panoptic_seg" in output:
         ids, segments_info = output["panoptic_seg"]
+        visualizer = DepthPanopticVisualizer(image_rgb, metadata, near=lo, far=hi)
         images["panoptic"] = visualizer.draw_panoptic_depth(ids.cpu(), segments_info).get_image()
     elif "sem_seg" in output or "sem_seg_labels" in output:
         # logits from the model, or the labels of a deployed graph (export --outputs labels)
         labels = output["sem_seg_labels"].cpu() if "sem_seg_labels" in output else output["sem_seg"].argmax(dim=0).cpu()
+        visualizer = DepthPanopticVisualizer(image_rgb, metadata, near=lo, far=hi)
         images["sem_seg"] = visualizer.draw_sem_seg_depth(labels, depth).get_image()
     if depth is not None:
         images["depth"] = depth_panel(depth, lo, hi)
@@ -164,7 +211,12 @@ def render(image_rgb, output, metadata, gt_depth=None, depth_range=None):
             # is stored as 655.35 m and is no measurement).
             gt_lo, gt_hi = metadata.get("depth_range", (0.0, float("inf")))
             images["error"] = error_panel(depth, gt_depth, gt_lo, gt_hi)
-    images["panel"] = side_by_side([image_rgb] + list(images.values()), max_columns=2)
+    if "depth_confidence" in output:
+        images["confidence"] = confidence_panel(output["depth_confidence"])
+    if "points" in images:
+        images["panel"] = side_by_side(list(images.values()))
+    else:
+        images["panel"] = side_by_side([image_rgb] + list(images.values()), max_columns=2)
     return images
 
 
@@ -184,8 +236,9 @@ def video_frame(images):
 # ---------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------
-def image_files(paths):
-    """Image files from files, folders (their images, sorted) and glob patterns, in order.
+def image_files(paths, extensions=IMAGE_EXTENSIONS):
+    """Image files from files, folders (their images, sorted) and glob patterns, in order
+    (``extensions``: what counts as an image in folders and glob matches).
 
     Raises ``FileNotFoundError`` naming the culprit for a path that is no file, folder or glob
     match, a folder without images and a pattern that matches no image; a file given by name is
@@ -195,16 +248,16 @@ def image_files(paths):
     for path in paths:
         path = os.path.expanduser(path)
         if os.path.isdir(path):
-            found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+            found = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(extensions))
             if not found:
-                raise FileNotFoundError(f"{path!r} is a folder with no images ({', '.join(IMAGE_EXTENSIONS)})")
+                raise FileNotFoundError(f"{path!r} is a folder with no images ({', '.join(extensions)})")
         elif os.path.isfile(path):
             found = [path]
         else:
             matches = sorted(glob.glob(path))
             if not matches:
                 raise FileNotFoundError(f"{path!r}: no such file, folder or glob match")
-            found = [m for m in matches if m.lower().endswith(IMAGE_EXTENSIONS)]
+            found = [m for m in matches if m.lower().endswith(extensions)]
             if not found:
                 raise FileNotFoundError(f"{path!r} matches no image ({len(matches)} other files)")
         files += found

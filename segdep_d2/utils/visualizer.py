@@ -36,10 +36,13 @@ __all__ = [
     "colorbar_image",
     "colorize_depth",
     "colorize_scalar",
+    "confidence_panel",
     "depth_panel",
     "display_depth_range",
     "distance_color",
+    "draw_sparse_points",
     "error_panel",
+    "points_radius",
     "region_distance",
     "segment_distance",
     "segment_label",
@@ -49,6 +52,7 @@ __all__ = [
 DEPTH_CMAP = "turbo_r"
 SEGMENT_EDGE_COLOR = (1.0, 1.0, 240.0 / 255)  # detectron2's off-white panoptic edges
 ERROR_CMAP = "RdYlGn_r"  # 0 error green, large error red; its ends are not black
+CONFIDENCE_CMAP = "viridis"  # 0 (unsure) dark blue .. 1 (sure) yellow
 _INVALID_RGB = (0, 0, 0)
 
 
@@ -286,6 +290,64 @@ def error_panel(pred, gt, min_depth=0.0, max_depth=float("inf"), *, max_error=0.
     image = colorize_scalar(error, 0.0, max_error, cmap)
     bar = _colorbar(image.shape[0], 0.0, max_error, cmap, label="AbsRel")
     return _hstack([image, bar])
+
+
+def confidence_panel(confidence, cmap=CONFIDENCE_CMAP):
+    """A per-pixel confidence in [0, 1] (depth completion's ``depth_confidence``) with its colour bar."""
+    if isinstance(confidence, torch.Tensor):
+        confidence = confidence.detach().cpu().numpy()
+    image = colorize_scalar(confidence, 0.0, 1.0, cmap)
+    bar = _colorbar(image.shape[0], 0.0, 1.0, cmap, label="confidence")
+    return _hstack([image, bar])
+
+
+def points_radius(shape):
+    """Half-width in pixels of the square a sparse depth point is drawn as: 1 (3 x 3 pixels) up to
+    ~900 px wide images, 2 (5 x 5) for KITTI's 1216, and so on, so points stay visible when shrunk."""
+    return max(1, int(round(max(shape[:2]) / 600.0)))
+
+
+def draw_sparse_points(image_rgb, sparse_depth, min_depth, max_depth, cmap=DEPTH_CMAP, *, log=True, radius=None):
+    """A sparse depth input (LiDAR points, metres, 0 = no point) drawn on its image.
+
+    The image becomes a light grey-scale background (a colour photo would hide the depth colours);
+    every point is coloured exactly as :func:`colorize_depth` colours that depth (same colour map and
+    scale as the depth panel) and widened to a ``(2 radius + 1)`` square (default
+    :func:`points_radius`) so that it stays visible. Where widened points overlap, the nearer one is
+    drawn (as a projection shows the first surface); each point's own pixel always shows its own
+    depth. Only pixels within ``radius`` of a point are coloured.
+
+    Args:
+        image_rgb: (H, W, 3) uint8 RGB.
+        sparse_depth: (H, W) array or tensor of metres at the image's size; ``<= 0`` or non-finite:
+            no point.
+        min_depth, max_depth, cmap, log: as :func:`colorize_depth`.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    if isinstance(sparse_depth, torch.Tensor):
+        sparse_depth = sparse_depth.detach().cpu().numpy()
+    image_rgb = np.asarray(image_rgb)
+    sparse = np.asarray(sparse_depth, dtype=np.float32)
+    if sparse.shape != image_rgb.shape[:2]:
+        raise ValueError(f"sparse depth {sparse.shape} does not match the image {image_rgb.shape[:2]}")
+    luma = image_rgb[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = (0.5 * luma + 96.0 + 0.5).astype(np.uint8)
+    out = np.repeat(grey[..., None], 3, axis=2)
+    points = np.isfinite(sparse) & (sparse > 0)
+    if not points.any():
+        return out
+    radius = points_radius(sparse.shape) if radius is None else int(radius)
+    nearest = np.where(points, sparse, np.inf).astype(np.float32)
+    if radius > 0:
+        # a min filter: every pixel near a point takes the nearest such point's depth (inf elsewhere)
+        kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+        nearest = cv2.erode(nearest, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=float("inf"))
+        nearest[points] = sparse[points]
+    drawn = np.isfinite(nearest)
+    out[drawn] = colorize_depth(nearest[drawn][None], min_depth, max_depth, cmap, log=log)[0]
+    return out
 
 
 def side_by_side(panels, *, max_columns=None, pad=4, background=255):
