@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Speed and memory of a model family: PanopticDepthLab against what a user would otherwise run,
-HydraNet across runtimes.
+HydraNet across runtimes, SegDep across vocabulary sizes, DepthCompletion against interpolation.
 
 In one run, same backbone, same input size, same machine:
 
@@ -65,6 +65,22 @@ flow, warp and gated fusion on every call); and, when the model has the referrin
 ``targets``, ``notes``, the device and settings.
 
     python tools/benchmark.py --model segdep --height 256 --width 512 --runs 15 --output benchmarks/segdep_256x512.json
+
+``--model depth_completion`` (default config: KITTI depth completion, random weights; default size
+352x1216, one KITTI val_selection frame) times DepthCompletion on a random image plus a deterministic
+LiDAR-like sparse depth map (:func:`lidar_like_sparse_depth`: 64 scan lines in the lower two-thirds,
+~4.5 % of the pixels, 5-80 m) against interpolating that map: ``eager`` (``model(inputs)`` in eval mode
+under no_grad, as ``Predictor`` runs a model), ``eager_semantic_guide`` (the semantic-guide config's
+frozen HydraNet guide added, guide included; when the config has no semantic input of its own),
+``nearest_fill`` and ``bilinear_fill`` (the evaluation's trivial baselines, numpy). It writes
+``latency_ms``, ``latency_stats_ms``, ``median_ms``, ``eager_vs_nearest_fill``, ``eager_vs_bilinear_fill``
+and ``semantic_guide_vs_eager`` (ratios of medians; paired spread under ``ratio_spread``), ``params`` and
+``gflops`` (fvcore, one multiply-add counted once) of the network, ``semantic_guide_params`` /
+``semantic_guide_gflops``, ``sparse_input`` (the pattern's points and density), ``peak_memory_mb``
+(the two eager variants), ``notes``, the device and settings. No onnxruntime variant: export.py has no
+exportable DepthCompletion network.
+
+    python tools/benchmark.py --model depth_completion --output benchmarks/depth_completion_kitti_352x1216_cpu.json
 """
 import argparse
 import itertools
@@ -154,7 +170,9 @@ class BenchmarkFamily:
     * ``memory_variants``: the variants whose peak memory is measured (default: all; torch's
       profiler does not see what onnxruntime allocates);
     * ``default_size`` / ``extra_sizes``: ``--height``/``--width`` defaults and the sizes also
-      measured in the same run unless ``--sizes`` is given; ``default_runs``: ``--runs`` default.
+      measured in the same run unless ``--sizes`` is given; ``default_runs``: ``--runs`` default;
+    * ``inputs(args, cfg, height, width)``: the list[dict] every variant gets (default
+      :func:`make_inputs`: a random uint8 image; DepthCompletion adds its sparse depth).
 
     ``build``'s dict may hold entries that are not variants (SegDep: the model, its text-cache log),
     for ``facts`` to read; only the names in ``variants`` are timed.
@@ -177,6 +195,7 @@ class BenchmarkFamily:
     default_size: Tuple[int, int] = (512, 1024)
     extra_sizes: Tuple[Tuple[int, int], ...] = ()
     default_runs: int = 0  # 0: DEFAULT_RUNS
+    inputs: Optional[Callable] = None  # (args, cfg, height, width) -> list[dict]; None: make_inputs
 
 
 BENCHMARKS: Dict[str, BenchmarkFamily] = {}
@@ -809,6 +828,283 @@ register_benchmark(
 )
 
 
+# ---- DepthCompletion: the network against interpolating the sparse points -----------------------
+# One KITTI depth completion frame (the val_selection frames' size, height x width) and issue 14's
+# sparse input: a 64-beam LiDAR-like pattern at ~4.5 % of the pixels (velodyne_raw has ~18k points,
+# ~4.2 %, on a 352x1216 frame).
+DEPTH_COMPLETION_SIZE = (352, 1216)
+DEPTH_COMPLETION_SPARSE = {"scan_rows": 64, "density": 0.045, "min_depth": 5.0, "max_depth": 80.0, "seed": 0}
+# The semantic-guide variant: depth_completion_kitti_semantic_guide.yaml's settings (a frozen HydraNet,
+# 19 Cityscapes classes, their probabilities embedded in 2 channels), random weights.
+DEPTH_COMPLETION_GUIDE_CONFIG = "projects/HydraNet/configs/KITTI-HydraNet/hydranet_mbv2_kitti_asymmetric.yaml"
+DEPTH_COMPLETION_GUIDE_OPTS = (
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "19",
+    "MODEL.DEPTH_COMPLETION.NUM_CLASSES", "0",
+    "MODEL.DEPTH_COMPLETION.SEMANTIC_INPUT", "guide",
+    "MODEL.DEPTH_COMPLETION.SEMANTIC_ENCODING", "embedding",
+    "MODEL.DEPTH_COMPLETION.SEMANTIC_CHANNELS", "2",
+    "MODEL.DEPTH_COMPLETION.GUIDE_WEIGHTS", "",
+)
+DEPTH_COMPLETION_NOT_MEASURED = (
+    "onnxruntime / torch.export not measured: segdep_d2/modeling/export.py has no exportable network for "
+    "DepthCompletion (it exports PanopticDepthLab and HydraNet, one image input each; DepthCompletion's "
+    "network takes the image and the sparse depth)"
+)
+
+
+def lidar_like_sparse_depth(height, width, seed=0, scan_rows=64, density=0.045, min_depth=5.0, max_depth=80.0):
+    """A deterministic LiDAR-like sparse depth map: float32 (H, W) metres, 0 = no point.
+
+    What a 64-beam scanner projected into a KITTI camera looks like: ``scan_rows`` scan lines spread
+    evenly over the lower two-thirds of the image (rows H/3 .. H-1; fewer distinct lines when the image
+    has fewer rows), each bent by up to 2 rows towards the sides, with a point every few pixels (the
+    spacing chosen so that about ``density`` of all pixels hold one), columns jittered by up to a
+    quarter of the spacing and 5 % of the returns dropped. Depths: a ground plane (``max_depth`` at the
+    top of the scanned band, ``min_depth`` at the bottom, inversely with the row, as a flat road
+    projects) with a few nearer upright boxes (cars, walls) in front of it, 1 % noise, clipped to
+    [``min_depth``, ``max_depth``]. The same ``seed`` gives the same map.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    top = height // 3
+    rows = np.unique(np.round(np.linspace(top, height - 1, scan_rows)).astype(np.int64))
+    keep = 0.95  # 5 % dropped returns
+    per_row = density * height * width / (len(rows) * keep)
+    step = max(width / per_row, 1.0)
+    # upright boxes: (first column, last column, top row, depth)
+    boxes = []
+    for _ in range(8):
+        c0 = int(rng.integers(0, width))
+        c1 = c0 + int(rng.integers(width // 40 + 1, width // 8 + 2))
+        box_top = int(rng.integers(top, top + (height - top) // 2 + 1))
+        boxes.append((c0, c1, box_top, float(rng.uniform(min_depth, max_depth / 2))))
+    sparse = np.zeros((height, width), np.float32)
+    band = max(height - 1 - top, 1)
+    for row in rows:
+        cols = rng.uniform(0, step) + step * np.arange(int(np.ceil(width / step)))
+        cols = cols + rng.uniform(-step / 4, step / 4, cols.shape)
+        cols = np.clip(np.round(cols), 0, width - 1).astype(np.int64)
+        bend = int(rng.integers(0, 3))
+        r = np.clip(row + np.round(bend * ((cols - width / 2) / (width / 2)) ** 2), 0, height - 1).astype(np.int64)
+        t = (r - top) / band  # 0 at the top of the band (far), 1 at the bottom (near)
+        depth = min_depth * max_depth / (min_depth + (max_depth - min_depth) * np.clip(t, 0.0, 1.0))
+        for c0, c1, box_top, box_depth in boxes:
+            inside = (cols >= c0) & (cols <= c1) & (r >= box_top)
+            depth = np.where(inside, np.minimum(depth, box_depth), depth)
+        depth = np.clip(depth * rng.normal(1.0, 0.01, depth.shape), min_depth, max_depth)
+        kept = rng.random(cols.shape) < keep
+        sparse[r[kept], cols[kept]] = depth[kept]
+    return torch.from_numpy(sparse)
+
+
+def depth_completion_inputs(args, cfg, height, width):
+    """One frame: :func:`make_inputs`' random image plus :func:`lidar_like_sparse_depth` (
+    :data:`DEPTH_COMPLETION_SPARSE`) and, when the config's model reads ``sem_seg`` (SEMANTIC_INPUT
+    "labels"), random labels of its classes."""
+    inputs = make_inputs(args, height, width)
+    sparse = lidar_like_sparse_depth(height, width, **DEPTH_COMPLETION_SPARSE)
+    for x in inputs:
+        x["sparse_depth"] = sparse
+        if cfg.MODEL.DEPTH_COMPLETION.SEMANTIC_INPUT == "labels":
+            classes = cfg.MODEL.DEPTH_COMPLETION.NUM_CLASSES or cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+            g = torch.Generator().manual_seed(1)
+            x["sem_seg"] = torch.randint(0, classes, (height, width), generator=g)
+    return inputs
+
+
+def _repo_path(path):
+    """A config path as given when it exists (relative to the current folder), else relative to this repository."""
+    return path if not path or os.path.isfile(path) else os.path.join(REPO_ROOT, path)
+
+
+def depth_completion_guide_cfg(cfg):
+    """``cfg`` with depth_completion_kitti_semantic_guide.yaml's semantic guide (:data:`DEPTH_COMPLETION_GUIDE_OPTS`,
+    :data:`DEPTH_COMPLETION_GUIDE_CONFIG` found from this repository), random weights."""
+    guided = cfg.clone()
+    guided.defrost()
+    guided.merge_from_list(list(DEPTH_COMPLETION_GUIDE_OPTS))
+    guided.MODEL.DEPTH_COMPLETION.GUIDE_CONFIG = os.path.join(REPO_ROOT, DEPTH_COMPLETION_GUIDE_CONFIG)
+    guided.MODEL.WEIGHTS = ""
+    return guided
+
+
+def _fill_runner(fill):
+    """A trivial baseline as a variant: ``fill`` (numpy, CPU) on each input's sparse map -> ``depth`` (H, W)."""
+    def run(inputs):
+        return [{"depth": torch.from_numpy(fill(x["sparse_depth"]))} for x in inputs]
+    return run
+
+
+def _failing(error):
+    """A variant that could not be built: its first call raises ``error`` (an optional variant is then
+    dropped and the reason recorded under ``unavailable``)."""
+    def run(inputs):
+        raise error
+    return run
+
+
+def build_depth_completion_variants(cfg):
+    """DepthCompletion (random weights unless MODEL.WEIGHTS) against interpolating its sparse input:
+
+    * ``eager``: the config's model in eval mode, ``model(inputs)`` under ``no_grad`` as ``Predictor``
+      runs a model: list[dict] (uint8 image + sparse depth) -> normalisation, padding, network,
+      crop -> ``depth`` (H, W) metres;
+    * ``eager_semantic_guide`` (when the config has no semantic input of its own): the same config
+      with depth_completion_kitti_semantic_guide.yaml's guide (a frozen HydraNet, 19 classes, its
+      class probabilities embedded in 2 channels; :func:`depth_completion_guide_cfg`), guide included
+      in the time; its own random weights (two more input channels); dropped with the reason when it
+      cannot be built;
+    * ``nearest_fill`` / ``bilinear_fill``: the evaluation's trivial baselines
+      (:func:`segdep_d2.evaluation.nearest_fill` / :func:`~segdep_d2.evaluation.bilinear_fill`: nearest
+      measured point; linear on the points' Delaunay triangulation) on the same sparse map, numpy on
+      the CPU.
+    """
+    from segdep_d2.evaluation.depth_completion import bilinear_fill, nearest_fill
+
+    if cfg.MODEL.DEPTH_COMPLETION.SEMANTIC_INPUT == "guide":  # a guide config of its own: found from any folder
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.DEPTH_COMPLETION.GUIDE_CONFIG = _repo_path(cfg.MODEL.DEPTH_COMPLETION.GUIDE_CONFIG)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    if cfg.MODEL.WEIGHTS:
+        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    runners = {"eager": model, "nearest_fill": _fill_runner(nearest_fill), "bilinear_fill": _fill_runner(bilinear_fill),
+               "depth_completion": model}
+    if cfg.MODEL.DEPTH_COMPLETION.SEMANTIC_INPUT == "none":
+        try:
+            torch.manual_seed(0)
+            guided = build_model(depth_completion_guide_cfg(cfg)).eval()
+        except Exception as e:  # noqa: BLE001 -- an optional variant: recorded as unavailable with the reason
+            runners["eager_semantic_guide"] = _failing(e)
+        else:
+            runners["eager_semantic_guide"] = runners["semantic_guide_model"] = guided
+    return runners
+
+
+class _CompletionNetwork(nn.Module):
+    """DepthCompletion's network for fvcore: normalised padded images, sparse depth (and class maps)
+    -> the five depth maps (and the confidence logits), as ``network_outputs`` computes them."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, sparse, semantics=None):
+        depths, confidence = self.model.network_outputs(images, sparse, semantics)
+        return tuple(depths) + ((confidence,) if confidence is not None else ())
+
+
+def _gflops(module, inputs):
+    from fvcore.nn import FlopCountAnalysis
+
+    flops = FlopCountAnalysis(module.eval(), inputs)
+    flops.unsupported_ops_warnings(False)
+    flops.uncalled_modules_warnings(False)
+    return flops.total() / 1e9
+
+
+def depth_completion_facts(cfg, runners, height, width):
+    """Parameters and fvcore FLOPs (one multiply-add counted once) of the network at this size (padded
+    to its size divisibility: sparse stem, semantic embedding, encoder, decoder, the five predictions;
+    no normalisation, padding or crop), the same for the semantic-guide variant (its completion
+    network with the 19 class maps, plus the guide HydraNet's exported network), and the sparse
+    input's facts."""
+    from segdep_d2.modeling.export import network_for
+
+    model = runners["depth_completion"]
+    d = model.size_divisibility
+    ph, pw = -(-height // d) * d, -(-width // d) * d
+    device = model.device
+    images, sparse = torch.zeros(1, 3, ph, pw, device=device), torch.zeros(1, ph, pw, device=device)
+    semantics = None
+    if model.semantic_input != "none":
+        semantics = torch.zeros(1, model.num_classes, ph, pw, device=device)
+    guide_ids = {id(p) for p in model.guide.parameters()} if model.guide is not None else set()
+    with torch.no_grad():
+        # the completion network's own parameters (a config's own guide, if any, not counted)
+        facts = {"params": sum(p.numel() for p in model.parameters() if id(p) not in guide_ids),
+                 "gflops": _gflops(_CompletionNetwork(model), (images, sparse, semantics) if semantics is not None
+                                   else (images, sparse))}
+        guided = runners.get("semantic_guide_model")
+        if guided is not None:
+            guide_params = sum(p.numel() for p in guided.guide.parameters())
+            network = _gflops(_CompletionNetwork(guided),
+                              (images, sparse, torch.zeros(1, guided.num_classes, ph, pw, device=device)))
+            guide = _gflops(network_for(guided.guide), torch.zeros(1, 3, height, width, device=device))
+            facts["semantic_guide_params"] = {"total": sum(p.numel() for p in guided.parameters()),
+                                              "guide": guide_params}
+            facts["semantic_guide_gflops"] = {"total": network + guide, "completion_network": network, "guide": guide}
+    s = lidar_like_sparse_depth(height, width, **DEPTH_COMPLETION_SPARSE)
+    measured = s > 0
+    settings = DEPTH_COMPLETION_SPARSE
+    facts["sparse_input"] = {
+        "seed": settings["seed"], "scan_rows": settings["scan_rows"], "target_density": settings["density"],
+        "depth_range_m": [settings["min_depth"], settings["max_depth"]],
+        "points": int(measured.sum()),
+        "density": float(measured.float().mean()),
+        "rows_with_points": int(measured.any(dim=1).sum()),
+        "depth_min_m": float(s[measured].min()), "depth_max_m": float(s[measured].max()),
+        "pattern": "LiDAR-like scan lines in the lower two-thirds (tools/benchmark.py lidar_like_sparse_depth)",
+    }
+    return facts
+
+
+def depth_completion_summary(report, args, height, width):
+    """The keys other tools read (the ratios of medians ``eager_vs_nearest_fill``,
+    ``eager_vs_bilinear_fill``, ``semantic_guide_vs_eager``; their paired spread under ``ratio_spread``)
+    and notes."""
+    ratios, medians, stats = report["ratios"], report["median_ms"], report["latency_stats_ms"]
+    summary = {key: ratios[key] for key in ("eager_vs_nearest_fill", "eager_vs_bilinear_fill",
+                                            "semantic_guide_vs_eager") if key in ratios}
+    sparse = report["sparse_input"]
+    notes = [
+        f"eager: {medians['eager']:.1f} ms per {height}x{width} frame (median; IQR {stats['eager']['iqr']:.1f} ms), "
+        "model(inputs) in eval mode under no_grad as Predictor runs it (normalisation, padding, network, crop)",
+        f"sparse input: {sparse['points']} points ({100 * sparse['density']:.1f} % of the pixels) on "
+        f"{sparse['rows_with_points']} rows, {sparse['depth_min_m']:.1f}-{sparse['depth_max_m']:.1f} m, seed "
+        f"{sparse['seed']}: a LiDAR-like pattern, not a real scan",
+        "nearest_fill / bilinear_fill: the evaluation's trivial baselines (segdep_d2.evaluation.nearest_fill / "
+        "bilinear_fill, numpy on the CPU) on the same sparse map; eager_vs_*_fill = eager / fill (how many "
+        "times the network costs the interpolation)",
+    ]
+    if "eager_semantic_guide" in medians:
+        notes.append("eager_semantic_guide: depth_completion_kitti_semantic_guide.yaml's setting (a frozen HydraNet "
+                     "guide, 19 class probabilities embedded in 2 channels), guide included; semantic_guide_vs_eager "
+                     "= eager_semantic_guide / eager")
+    elif "eager_semantic_guide" not in report.get("unavailable", {}):
+        notes.append("eager_semantic_guide not measured: the config has a semantic input of its own (eager is it)")
+    notes.append(DEPTH_COMPLETION_NOT_MEASURED)
+    summary["notes"] = notes
+    return summary
+
+
+register_benchmark(
+    "depth_completion",
+    BenchmarkFamily(
+        default_config="projects/DepthCompletion/configs/KITTI-DepthCompletion/depth_completion_kitti.yaml",
+        variants=("eager", "eager_semantic_guide", "nearest_fill", "bilinear_fill"),
+        build=build_depth_completion_variants,
+        ratios={
+            "eager_vs_nearest_fill": ("eager", "nearest_fill"),
+            "eager_vs_bilinear_fill": ("eager", "bilinear_fill"),
+            "semantic_guide_vs_eager": ("eager_semantic_guide", "eager"),
+        },
+        compared_to_one=("eager_vs_nearest_fill", "eager_vs_bilinear_fill", "semantic_guide_vs_eager"),
+        # latency does not depend on the weights; the guide config's output/... weights need not exist
+        cfg_overrides=("MODEL.DEPTH_COMPLETION.GUIDE_WEIGHTS", ""),
+        optional_variants=("eager_semantic_guide",),
+        facts=depth_completion_facts,
+        summarize=depth_completion_summary,
+        # torch's profiler does not see numpy's allocations (the fills)
+        memory_variants=("eager", "eager_semantic_guide"),
+        default_size=DEPTH_COMPLETION_SIZE,
+        inputs=depth_completion_inputs,
+    ),
+)
+
+
 DEFAULT_MODEL = "panoptic_depthlab"
 DEFAULT_CONFIG = BENCHMARKS[DEFAULT_MODEL].default_config
 VARIANTS = BENCHMARKS[DEFAULT_MODEL].variants
@@ -909,7 +1205,7 @@ def ratio_spread(numerator, denominator, compared_to_one):
 
 def measure(args, family, cfg, height, width):
     """One input size: every variant timed interleaved, their spread, ratios and memory."""
-    inputs = make_inputs(args, height, width)
+    inputs = family.inputs(args, cfg, height, width) if family.inputs is not None else make_inputs(args, height, width)
     runners = family.build(cfg)
     variants = [name for name in family.variants if name in runners]
     latencies = {name: [] for name in variants}
@@ -1049,8 +1345,8 @@ def get_parser():
     parser.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(BENCHMARKS), help="model family to benchmark")
     parser.add_argument("--config", default=None,
                         help="config file (default: the family's config in this repository, from any folder)")
-    parser.add_argument("--height", type=int, default=None, help="input height (default: the family's, 512 / 480)")
-    parser.add_argument("--width", type=int, default=None, help="input width (default: the family's, 1024 / 640)")
+    parser.add_argument("--height", type=int, default=None, help="input height (default: the family's: 512, hydranet 480, segdep 256, depth_completion 352)")
+    parser.add_argument("--width", type=int, default=None, help="input width (default: the family's: 1024, hydranet 640, segdep 512, depth_completion 1216)")
     parser.add_argument("--sizes", type=parse_sizes, default=None, metavar="HxW[,HxW...]",
                         help="sizes measured in one run, first reported at the top level (default: --height x "
                              "--width, then the family's extra sizes: hydranet adds 375x1242)")

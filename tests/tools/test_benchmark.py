@@ -405,3 +405,119 @@ def test_segdep_separate_networks_baseline(benchmark_tool, bench_tiny_clip):
     # the cold variant's cache is its own: emptying it leaves SegDep's warm
     assert model.text_encoder.cache_info()["size"] >= 100
     assert runners[benchmark_tool.TEXT_CACHE_LOG]["names100_cold"][-1]["hits"] == 0
+
+
+# ---- DepthCompletion: the network against nearest / bilinear interpolation of the sparse points -----
+COMPLETION_CPU_CONFIG = os.path.join(
+    REPO_ROOT, "projects/DepthCompletion/configs/Synthetic-DepthCompletion/depth_completion_cpu.yaml")
+COMPLETION_CONFIG = "projects/DepthCompletion/configs/KITTI-DepthCompletion/depth_completion_kitti.yaml"
+COMPLETION_VARIANTS = {"eager", "eager_semantic_guide", "nearest_fill", "bilinear_fill"}
+COMPLETION_RATIOS = {"eager_vs_nearest_fill": ("eager", "nearest_fill"),
+                     "eager_vs_bilinear_fill": ("eager", "bilinear_fill"),
+                     "semantic_guide_vs_eager": ("eager_semantic_guide", "eager")}
+
+
+def test_depth_completion_sparse_input_is_lidar_like(benchmark_tool):
+    """A KITTI frame's sparse map: ~4.5 % of the pixels, only in the lower two-thirds, 5-80 m, the
+    same for the same seed; and the family's defaults (KITTI config, 352x1216)."""
+    import torch
+
+    sparse = benchmark_tool.lidar_like_sparse_depth(352, 1216)
+    assert sparse.shape == (352, 1216) and sparse.dtype == torch.float32
+    measured = sparse > 0
+    assert 0.04 <= float(measured.float().mean()) <= 0.05
+    rows = measured.any(dim=1).nonzero()[:, 0]
+    assert int(rows.min()) >= 352 // 3 and int(rows.max()) >= 340  # the lower two-thirds, down to the bottom
+    assert 5.0 <= float(sparse[measured].min()) and float(sparse[measured].max()) <= 80.0
+    assert float(sparse[measured].std()) > 5.0  # a range of depths, not one value
+    # points every few pixels along a scan line
+    assert 2 <= 1216 / measured.sum(dim=1)[measured.any(dim=1)].float().max() <= 8
+    assert torch.equal(sparse, benchmark_tool.lidar_like_sparse_depth(352, 1216))
+    assert not torch.equal(sparse, benchmark_tool.lidar_like_sparse_depth(352, 1216, seed=1))
+    small = benchmark_tool.lidar_like_sparse_depth(64, 192) > 0
+    assert 0.03 <= float(small.float().mean()) <= 0.06
+    family = benchmark_tool.BENCHMARKS["depth_completion"]
+    assert family.default_config == COMPLETION_CONFIG and family.default_size == (352, 1216)
+    assert os.path.isfile(os.path.join(REPO_ROOT, family.default_config))
+
+
+def test_depth_completion_benchmark_writes_every_key(benchmark_tool, tmp_path, capsys):
+    """--model depth_completion, the synthetic CPU config at 64x192, 2 runs: every variant with its median
+    and IQR, the ratios against the fills (paired), params / GFLOPs, the sparse input, memory."""
+    import statistics
+
+    from detectron2.modeling import build_model
+
+    out = tmp_path / "depth_completion.json"
+    argv = ["--model", "depth_completion", "--config", COMPLETION_CPU_CONFIG, "--height", "64", "--width", "192",
+            "--runs", "2", "--warmup", "1", "--threads", "1", "--device", "cpu", "--output", str(out)]
+    report = benchmark_tool.main(argv)
+    assert report == json.loads(out.read_text())
+    assert report["model"] == "depth_completion" and report["device"].startswith("cpu")
+    assert report["settings"]["config"] == os.path.relpath(COMPLETION_CPU_CONFIG, REPO_ROOT)
+    assert (report["settings"]["height"], report["settings"]["width"], report["settings"]["runs"]) == (64, 192, 2)
+    lat, med = report["latency_ms"], report["median_ms"]
+    assert set(lat) == COMPLETION_VARIANTS and "unavailable" not in report
+    for name in COMPLETION_VARIANTS:
+        assert len(lat[name]) == 2 and min(lat[name]) > 0
+        assert med[name] == report["latency_stats_ms"][name]["median"] == pytest.approx(statistics.median(lat[name]))
+        _check_spread(report["latency_stats_ms"][name], lat[name])
+        assert report["latency_stats_ms"][name]["iqr"] >= 0
+    for key, (num, den) in COMPLETION_RATIOS.items():
+        assert report[key] == report["ratios"][key] == pytest.approx(med[num] / med[den]) and report[key] > 0
+        spread = report["ratio_spread"][key]
+        paired = [a / b for a, b in zip(lat[num], lat[den])]
+        assert spread["paired"] == pytest.approx(paired) and min(paired) > 0
+        _check_spread({k[len("paired_"):]: v for k, v in spread.items() if k.startswith("paired_") and k != "paired"},
+                      paired)
+        assert isinstance(spread["spread_narrower_than_difference"], bool)
+
+    cfg = benchmark_tool.setup_cfg(benchmark_tool.get_parser().parse_args(argv))
+    assert report["params"] == sum(p.numel() for p in build_model(cfg).parameters()) > 0
+    assert report["gflops"] > 0
+    guided = report["semantic_guide_params"]
+    assert guided["total"] > report["params"] and 0 < guided["guide"] < guided["total"]
+    flops = report["semantic_guide_gflops"]
+    assert flops["total"] == pytest.approx(flops["completion_network"] + flops["guide"])
+    assert flops["completion_network"] > report["gflops"] and flops["guide"] > 0  # two more input channels
+
+    sparse = benchmark_tool.lidar_like_sparse_depth(64, 192)
+    facts = report["sparse_input"]
+    assert facts["points"] == int((sparse > 0).sum()) > 0
+    assert facts["density"] == pytest.approx(facts["points"] / (64 * 192)) and facts["scan_rows"] == 64
+    assert set(report["peak_memory_mb"]) == {"eager", "eager_semantic_guide"}
+    assert all(v > 0 for v in report["peak_memory_mb"].values())
+    assert any("onnxruntime" in n and "not measured" in n for n in report["notes"])
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in (*COMPLETION_VARIANTS, *COMPLETION_RATIOS))
+
+
+def test_depth_completion_variants_and_a_guide_that_cannot_be_built(benchmark_tool, monkeypatch, tmp_path):
+    """The fills are the evaluation's baselines on the inputs' sparse map and eager is model(inputs); a
+    guide that cannot be built drops eager_semantic_guide with the reason, the rest is measured."""
+    import torch
+
+    from segdep_d2.evaluation.depth_completion import bilinear_fill, nearest_fill
+
+    args = benchmark_tool.get_parser().parse_args(
+        ["--model", "depth_completion", "--config", COMPLETION_CPU_CONFIG, "--height", "64", "--width", "192",
+         "--runs", "1", "--warmup", "0", "--threads", "1", "--device", "cpu", "--skip-memory",
+         "--output", str(tmp_path / "b.json")])
+    cfg = benchmark_tool.setup_cfg(args)
+    inputs = benchmark_tool.depth_completion_inputs(args, cfg, 64, 192)
+    assert torch.equal(inputs[0]["sparse_depth"], benchmark_tool.lidar_like_sparse_depth(64, 192))
+    runners = benchmark_tool.build_depth_completion_variants(cfg)
+    with torch.no_grad():
+        outputs = {name: runners[name](inputs)[0]["depth"] for name in ("eager", "nearest_fill", "bilinear_fill")}
+    assert all(d.shape == (64, 192) for d in outputs.values())
+    np.testing.assert_array_equal(outputs["nearest_fill"].numpy(), nearest_fill(inputs[0]["sparse_depth"]))
+    np.testing.assert_array_equal(outputs["bilinear_fill"].numpy(), bilinear_fill(inputs[0]["sparse_depth"]))
+    assert not runners["eager"].training and runners["eager"].guide is None
+    assert runners["eager_semantic_guide"].guide is not None
+
+    monkeypatch.setattr(benchmark_tool, "DEPTH_COMPLETION_GUIDE_CONFIG", "projects/no/such/guide.yaml")
+    report = benchmark_tool.benchmark(args)
+    assert set(report["latency_ms"]) == COMPLETION_VARIANTS - {"eager_semantic_guide"}
+    assert "no/such/guide.yaml" in report["unavailable"]["eager_semantic_guide"]
+    assert "semantic_guide_vs_eager" not in report["ratios"] and "semantic_guide_params" not in report
+    assert report["eager_vs_bilinear_fill"] > 0 and report["params"] > 0
