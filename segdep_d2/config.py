@@ -260,6 +260,14 @@ def _add_depth_completion_config(cfg):
     # A separate light stem (3x3 conv + NORM + ReLU) on [sparse depth / MAX_DEPTH, validity mask], so a
     # missing point (mask 0) is not a point at zero depth. Its output also joins the full-resolution skip.
     node.SPARSE_STEM_CHANNELS = 16
+    # "none": the network predicts depth = MAX_DEPTH * sigmoid (the seed's). "dilation": the sparse points are
+    # first spread by a morphological fill (each empty pixel takes the nearest surface within a growing
+    # window: max-pooling of inverse depth with PREFILL_KERNELS, IP-Basic-style), the stem also sees that map,
+    # and where it has a value the network predicts a correction of it, depth = fill * exp(r), r = 0 at the
+    # start: an untrained model is already the fill, and training refines it (pixels the fill does not reach
+    # keep MAX_DEPTH * sigmoid).
+    node.PREFILL = "none"
+    node.PREFILL_KERNELS = [3, 3, 5, 5, 7, 7, 9, 9, 13, 13, 17, 17]
     # ---- semantic guidance ----
     # "none"; "labels": the record's semantic label map (``sem_seg`` in the inputs, IGNORE_VALUE = no
     # label, a sample without one has none); "guide": the softmax of a frozen segmentation model

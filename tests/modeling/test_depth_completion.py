@@ -409,3 +409,49 @@ def test_bad_settings_are_rejected():
         make_model(*TINY, "MODEL.DEPTH_COMPLETION.LOSS_SCALE_WEIGHTS", "[1.0, 1.0]")
     with pytest.raises(ValueError, match="SEMANTIC_INPUT"):
         make_model(*TINY, "MODEL.DEPTH_COMPLETION.SEMANTIC_INPUT", "masks")
+
+
+# ---------------------------------------------------------------- prefill
+
+
+def test_dilation_fill_by_hand():
+    from segdep_d2.modeling.meta_arch.depth_completion import dilation_fill
+
+    sparse = torch.zeros(1, 1, 5, 7)
+    sparse[0, 0, 1, 1] = 10.0
+    sparse[0, 0, 1, 4] = 2.0
+    filled = dilation_fill(sparse, [3])[0, 0]
+    assert filled[1, 1] == 10.0 and filled[1, 4] == 2.0  # points keep their value
+    assert filled[0, 0] == 10.0 and filled[2, 2] == 10.0  # the 3x3 around (1, 1)
+    assert filled[2, 5] == 2.0 and filled[0, 3] == 2.0  # around (1, 4)
+    assert filled[4, 0] == 0.0  # out of reach of one 3x3 step
+    # two steps: the column between the points is reached by both; the nearer surface (2 m) wins
+    twice = dilation_fill(sparse, [3, 3])[0, 0]
+    assert twice[1, 3] == 2.0 and twice[1, 2] == 10.0 and twice[3, 1] == 10.0  # (1, 2) was reached first by 10 m
+
+
+def test_prefill_model_starts_as_the_fill_and_trains():
+    from segdep_d2.modeling.meta_arch.depth_completion import dilation_fill
+
+    model = make_model(*TINY, "MODEL.DEPTH_COMPLETION.PREFILL", "dilation").eval()
+    x = sample(64, 96, points=300)  # a multiple of 32: no padding for the fill to spread into
+    with torch.no_grad():
+        out = model([x])[0]["depth"]
+    fill = dilation_fill(x["sparse_depth"][None, None], model.prefill_kernels)[0, 0]
+    reached = fill > 0
+    assert reached.float().mean() > 0.99
+    # r = 0 at the start (zero-initialised predictors): the prediction is the fill
+    torch.testing.assert_close(out[reached], fill[reached].clamp(1e-3, 80.0), rtol=1e-5, atol=0.0)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    first = None
+    for _ in range(15):
+        losses = model([sample(points=200)])
+        loss = sum(losses.values())
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.isfinite(loss) and loss.item() < first
+    with pytest.raises(ValueError, match="PREFILL"):
+        make_model(*TINY, "MODEL.DEPTH_COMPLETION.PREFILL", "bilinear")

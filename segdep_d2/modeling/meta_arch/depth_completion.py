@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 ENCODERS = ("conv", "backbone")
 SEMANTIC_INPUTS = ("none", "labels", "guide")
+PREFILLS = ("none", "dilation")
 SEMANTIC_ENCODINGS = ("onehot", "embedding")
 UPSAMPLE_MODES = ("deconv", "bilinear")
 # The strides the decoder predicts depth at, coarsest first (LOSS_SCALE_WEIGHTS / DECODER_CHANNELS order).
@@ -338,8 +339,14 @@ class DepthCompletion(nn.Module):
         smoothness_weight: float = 0.0,
         predict_confidence: bool = False,
         confidence_loss_weight: float = 0.1,
+        prefill: str = "none",
+        prefill_kernels: Sequence[int] = (3, 3, 5, 5, 7, 7, 9, 9, 13, 13, 17, 17),
     ):
         super().__init__()
+        if prefill not in PREFILLS:
+            raise ValueError(f"MODEL.DEPTH_COMPLETION.PREFILL {prefill!r}; expected one of {PREFILLS}")
+        if any(int(k) < 1 or int(k) % 2 == 0 for k in prefill_kernels):
+            raise ValueError(f"MODEL.DEPTH_COMPLETION.PREFILL_KERNELS must be odd sizes >= 1, got {list(prefill_kernels)}")
         if semantic_input not in SEMANTIC_INPUTS:
             raise ValueError(
                 f"MODEL.DEPTH_COMPLETION.SEMANTIC_INPUT {semantic_input!r}; expected one of {SEMANTIC_INPUTS}"
@@ -383,10 +390,17 @@ class DepthCompletion(nn.Module):
         self.smoothness_weight = smoothness_weight
         self.predict_confidence = predict_confidence
         self.confidence_loss_weight = confidence_loss_weight
-        # Untrained output: START_DEPTH metres (or half the range, if smaller) everywhere, not the range's middle.
+        self.prefill = prefill
+        self.prefill_kernels = [int(k) for k in prefill_kernels]
+        # Untrained output: START_DEPTH metres (or half the range, if smaller) everywhere, not the range's middle;
+        # with a prefill, r = 0: the fill itself where it reaches.
         start = min(START_DEPTH, self.max_depth / 2)
         for predictor in self.decoder.predictors.values():
-            nn.init.constant_(predictor.bias[:1], math.log(start / (self.max_depth - start)))
+            if prefill == "none":
+                nn.init.constant_(predictor.bias[:1], math.log(start / (self.max_depth - start)))
+            else:  # zero-initialised last layer: r = 0 exactly, whatever the features (as a residual branch)
+                nn.init.zeros_(predictor.weight)
+                nn.init.zeros_(predictor.bias)
 
     @staticmethod
     def semantic_channel_count(semantic_input, semantic_encoding, num_classes, semantic_channels) -> int:
@@ -424,7 +438,8 @@ class DepthCompletion(nn.Module):
         return {
             "encoder": encoder,
             "decoder": decoder,
-            "sparse_stem": _conv3x3(2, node.SPARSE_STEM_CHANNELS, node.NORM),
+            # [sparse / MAX_DEPTH, its mask] (+ [fill / MAX_DEPTH, its mask] with a prefill)
+            "sparse_stem": _conv3x3(2 if node.PREFILL == "none" else 4, node.SPARSE_STEM_CHANNELS, node.NORM),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "min_depth": depth.MIN_DEPTH,
@@ -442,6 +457,8 @@ class DepthCompletion(nn.Module):
             "smoothness_weight": node.SMOOTHNESS_WEIGHT,
             "predict_confidence": node.PREDICT_CONFIDENCE,
             "confidence_loss_weight": node.CONFIDENCE_LOSS_WEIGHT,
+            "prefill": node.PREFILL,
+            "prefill_kernels": list(node.PREFILL_KERNELS),
         }
 
     @property
@@ -527,8 +544,13 @@ class DepthCompletion(nn.Module):
         without PREDICT_CONFIDENCE)."""
         sparse = sparse.unsqueeze(1)
         mask = (sparse > 0).to(images.dtype)
-        sparse_input = torch.cat([(sparse / self.max_depth).clamp(0.0, 1.0) * mask, mask], dim=1)
-        parts = [self.sparse_stem(sparse_input)]
+        stem_input = [(sparse / self.max_depth).clamp(0.0, 1.0) * mask, mask]
+        fill = None
+        if self.prefill == "dilation":
+            fill = dilation_fill(sparse, self.prefill_kernels)
+            fill_mask = (fill > 0).to(images.dtype)
+            stem_input += [(fill / self.max_depth).clamp(0.0, 1.0), fill_mask]
+        parts = [self.sparse_stem(torch.cat(stem_input, dim=1))]
         if semantics is not None:
             parts.append(self.semantic_embedding(semantics) if self.semantic_embedding is not None else semantics)
         extra = torch.cat(parts, dim=1)
@@ -538,7 +560,10 @@ class DepthCompletion(nn.Module):
         if self.predict_confidence:
             confidence = logits[-1][:, 1:2]
             logits = logits[:-1] + [logits[-1][:, :1]]
-        depths = [self.max_depth * torch.sigmoid(x) for x in logits]
+        if fill is None:
+            depths = [self.max_depth * torch.sigmoid(x) for x in logits]
+        else:
+            depths = [_refine_fill(x, fill, self.max_depth) for x in logits]
         return depths, confidence
 
     def forward(self, batched_inputs):
@@ -591,6 +616,28 @@ class DepthCompletion(nn.Module):
                 result["depth_confidence"] = torch.sigmoid(_crop_resize(confidence[i], h, w, height, width))
             results.append(result)
         return results
+
+
+def dilation_fill(sparse: torch.Tensor, kernels: Sequence[int]) -> torch.Tensor:
+    """(N, 1, H, W) sparse depth (0 = no point) -> the same with empty pixels filled: for each kernel size k in
+    turn, a still-empty pixel takes the nearest surface (the largest inverse depth) among the points within
+    k x k (a morphological fill in the spirit of Ku et al.'s IP-Basic, as max-pooling: no interpolation
+    across a depth edge, and exportable). Pixels out of reach of every kernel stay 0."""
+    filled = sparse
+    for k in kernels:
+        inverse = torch.where(filled > 0, 1.0 / filled.clamp(min=1e-6), torch.zeros_like(filled))
+        nearest = F.max_pool2d(inverse, int(k), stride=1, padding=int(k) // 2)
+        filled = torch.where((filled <= 0) & (nearest > 0), 1.0 / nearest.clamp(min=1e-6), filled)
+    return filled
+
+
+def _refine_fill(logits, fill, max_depth):
+    """Depth at the logits' scale: ``fill * exp(r)`` where the fill (nearest-downsampled to that scale, the
+    loss's rule) has a value, ``max_depth * sigmoid(r)`` elsewhere; at most ``max_depth``."""
+    if fill.shape[-2:] != logits.shape[-2:]:
+        fill = F.interpolate(fill, size=logits.shape[-2:], mode="nearest-exact")
+    refined = fill * torch.exp(logits.clamp(-4.0, 4.0))
+    return torch.where(fill > 0, refined.clamp(max=max_depth), max_depth * torch.sigmoid(logits))
 
 
 def _crop_resize(x, h, w, height, width):
