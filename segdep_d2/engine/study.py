@@ -34,7 +34,7 @@ from collections import namedtuple
 from .trainer import SegDepTrainer
 
 __all__ = [
-    "Column", "TrainedRow", "REPO", "STAMP", "add_study_arguments", "check_study_args", "common_settings",
+    "Column", "TrainedRow", "REPO", "STAMP", "HYDRANET_COLUMNS", "HYDRANET_EXTRA_COLUMNS", "add_study_arguments", "check_study_args", "common_settings",
     "evaluate", "generator_settings", "git_commit", "json_safe", "label_samples", "markdown_table",
     "prepare_synthetic_vkitti2", "start_study", "study_cfg", "study_record", "train_row", "untrained_results",
     "with_metrics", "write_once", "write_study_record",
@@ -255,6 +255,22 @@ def train_row(cfg, seed, trainer_class=SegDepTrainer):
 # ------------------------------------------------------------------------------------------------
 # Table and record
 # ------------------------------------------------------------------------------------------------
+# The columns of the HydraNet studies: (column, result section, key, format) and (column, row key, format, default)
+HYDRANET_COLUMNS = (
+    ("mIoU [%]", "sem_seg", "mIoU", "{:.1f}"),
+    ("pACC [%]", "sem_seg", "pACC", "{:.1f}"),
+    ("AbsRel", "depth", "AbsRel", "{:.3f}"),
+    ("RMSE [m]", "depth", "RMSE", "{:.2f}"),
+    ("d1", "depth", "d1", "{:.3f}"),
+)
+HYDRANET_EXTRA_COLUMNS = (
+    ("iterations", "iterations", "{}", 0),
+    ("train s", "train_seconds", "{:.0f}", 0),
+    ("seg samples", "sem_seg_samples", "{}", 0),
+    ("depth samples", "depth_samples", "{}", 0),
+)
+
+
 def label_samples(trainer, prefix="hydranet"):
     """Images with a segmentation / depth label the model was trained on, summed over the iterations
     (the ``<prefix>/num_{sem_seg,depth}_samples`` scalars HydraNet logs)."""

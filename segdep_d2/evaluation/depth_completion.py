@@ -56,9 +56,9 @@ from scipy.spatial import Delaunay, QhullError
 from tabulate import tabulate
 
 from ..data.datasets.metadata import valid_depth_range
-from ..data.depth_io import read_depth
 from ..data.sparse_depth import sparse_depth_input
 from .arrays import to_numpy
+from .depth_evaluator import _image_key, prediction_and_ground_truth
 from .depth_metrics import depth_metrics
 
 __all__ = [
@@ -301,10 +301,6 @@ COMPLETION_BASELINES = ("sparse_only", "nearest", "bilinear")
 _FILLS = {"nearest": nearest_fill, "bilinear": bilinear_fill}
 
 
-def _image_key(input_dict):
-    return input_dict.get("image_id", input_dict.get("file_name"))
-
-
 class DepthCompletionEvaluator(DatasetEvaluator):
     """Depth completion metrics (KITTI benchmark + NYUv2 protocol) of the model and of trivial baselines.
 
@@ -378,17 +374,7 @@ class DepthCompletionEvaluator(DatasetEvaluator):
         for input_dict, output in zip(inputs, outputs):
             if "depth_file_name" not in input_dict:
                 continue
-            if "depth" not in output:
-                raise KeyError(
-                    f"{self.__class__.__name__}: the model output for {input_dict.get('file_name')} has no 'depth'"
-                )
-            gt = read_depth(input_dict)
-            pred = np.squeeze(to_numpy(output["depth"], np.float32))
-            if pred.shape != gt.shape:
-                raise ValueError(
-                    f"Predicted depth {pred.shape} for {input_dict.get('file_name')} does not have the "
-                    f"ground-truth size {gt.shape}; the model must return depth at the original image size"
-                )
+            pred, gt = prediction_and_ground_truth(input_dict, output, self.__class__.__name__)
             metrics = self._metrics(pred, gt)
             if metrics is None:  # no valid ground-truth pixel in this image
                 continue

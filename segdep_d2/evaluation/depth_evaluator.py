@@ -21,6 +21,21 @@ __all__ = ["DepthEvaluator"]
 logger = logging.getLogger(__name__)
 
 
+def prediction_and_ground_truth(input_dict, output, evaluator="DepthEvaluator"):
+    """``(pred, gt)``: the output's ``depth`` as float32 H x W and the record's ground truth (``read_depth``),
+    checked to have the same size (a model returns depth at the original image size)."""
+    if "depth" not in output:
+        raise KeyError(f"{evaluator}: the model output for {input_dict.get('file_name')} has no 'depth'")
+    gt = read_depth(input_dict)
+    pred = np.squeeze(to_numpy(output["depth"], np.float32))
+    if pred.shape != gt.shape:
+        raise ValueError(
+            f"Predicted depth {pred.shape} for {input_dict.get('file_name')} does not have the "
+            f"ground-truth size {gt.shape}; the model must return depth at the original image size"
+        )
+    return pred, gt
+
+
 def _image_key(input_dict):
     return input_dict.get("image_id", input_dict.get("file_name"))
 
@@ -73,17 +88,7 @@ class DepthEvaluator(DatasetEvaluator):
         for input_dict, output in zip(inputs, outputs):
             if "depth_file_name" not in input_dict:
                 continue
-            if "depth" not in output:
-                raise KeyError(
-                    f"{self.__class__.__name__}: the model output for {input_dict.get('file_name')} has no 'depth'"
-                )
-            gt = read_depth(input_dict)
-            pred = np.squeeze(to_numpy(output["depth"], np.float32))
-            if pred.shape != gt.shape:
-                raise ValueError(
-                    f"Predicted depth {pred.shape} for {input_dict.get('file_name')} does not have the "
-                    f"ground-truth size {gt.shape}; the model must return depth at the original image size"
-                )
+            pred, gt = prediction_and_ground_truth(input_dict, output, self.__class__.__name__)
             metrics = depth_metrics(
                 pred, gt, self._min_depth, self._max_depth,
                 crop=self._crop, median_scaling=self._median_scaling,

@@ -45,21 +45,6 @@ NAMES = {
     "depth_only": f"{PREFIX}_train_depth_only",
     "val": f"{PREFIX}_val",
 }
-# (column, result section, key, format)
-COLUMNS = (
-    ("mIoU [%]", "sem_seg", "mIoU", "{:.1f}"),
-    ("pACC [%]", "sem_seg", "pACC", "{:.1f}"),
-    ("AbsRel", "depth", "AbsRel", "{:.3f}"),
-    ("RMSE [m]", "depth", "RMSE", "{:.2f}"),
-    ("d1", "depth", "d1", "{:.3f}"),
-)
-# (column, row key, format, default)
-EXTRA_COLUMNS = (
-    ("iterations", "iterations", "{}", 0),
-    ("train s", "train_seconds", "{:.0f}", 0),
-    ("seg samples", "sem_seg_samples", "{}", 0),
-    ("depth samples", "depth_samples", "{}", 0),
-)
 
 
 def _study():
@@ -129,11 +114,11 @@ def train_row(args, name, train, uncertainty_weighting=False):
 
 
 def with_metrics(row, results):
-    return _study().with_metrics(row, results, COLUMNS)
+    return _study().with_metrics(row, results, _study().HYDRANET_COLUMNS)
 
 
 def markdown_table(rows):
-    return _study().markdown_table(rows, COLUMNS, EXTRA_COLUMNS)
+    return _study().markdown_table(rows, _study().HYDRANET_COLUMNS, _study().HYDRANET_EXTRA_COLUMNS)
 
 
 def run_study(args, argv=None):
