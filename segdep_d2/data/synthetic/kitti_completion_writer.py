@@ -57,6 +57,7 @@ from .kitti_writer import (
     _parse_drives,
     kitti_depth_png,
     kitti_intrinsics,
+    raw_frames,
 )
 from .layout import build_scene, stable_seed
 
@@ -219,58 +220,44 @@ def generate_kitti_completion(out_dir: str, *, drives: Mapping[str, Sequence[str
             measured = np.where(mask, measured + rng.normal(0.0, lidar_noise_m, measured.shape), measured)
         return kitti_depth_png(measured, mask)
 
-    for split, names in drives.items():
-        counts[split] = {}
-        for drive in names:
-            date = drive[:10]
-            layout = build_scene(drive, seed, profile="vkitti2")
-            if date not in calib_written:
-                _write_text(os.path.join(out_dir, date, "calib_cam_to_cam.txt"),
-                            _calib_text(K, height, width, layout.stereo_baseline))
-                calib_written.add(date)
-            counts[split][drive] = frames
-            for frame_index in range(frames):
-                for camera in cameras:
-                    frame = render_frame(layout, frame_index, height=height, width=width, intrinsics=K,
-                                         camera=KITTI_CAMERAS[camera])
-                    stem = f"{frame_index:010d}.png"
-                    entry = dict(split=split, drive=drive, camera=camera, frame=frame_index, layout=drive,
-                                 image=os.path.join(out_dir, date, drive, camera, "data", stem),
-                                 velodyne_raw=None, groundtruth=None)
-                    save_png(frame.rgb, entry["image"])
-                    stats.add(frame.cityscapes_id, frame.depth)
-                    written.append(entry)
-                    if frame_index < unannotated:
-                        continue
-                    # kitti_writer's generator and first draw: the same ground truth as generate_kitti's
-                    rng = np.random.default_rng(stable_seed(seed, "kitti", drive, camera, frame_index))
-                    gt = kitti_depth_png(frame.depth, _lidar_mask(frame.depth, frame.label, K, rng, gt_density,
-                                                                  max_lidar_depth))
-                    sparse = scan(frame, drive, camera, frame_index)
-                    entry["groundtruth"] = os.path.join(out_dir, "data_depth_annotated", split, drive, "proj_depth",
-                                                        "groundtruth", camera, stem)
-                    entry["velodyne_raw"] = os.path.join(out_dir, "data_depth_velodyne", split, drive, "proj_depth",
-                                                         "velodyne_raw", camera, stem)
-                    save_png(gt, entry["groundtruth"])
-                    save_png(sparse, entry["velodyne_raw"])
-                    density["groundtruth"].append(float((gt > 0).mean()))
-                    density["velodyne_raw"].append(float((sparse > 0).mean()))
-                    if split == selection_split:
-                        crop = (slice(top, top + crop_h), slice(left, left + crop_w))
-                        base = f"{drive}_{{}}_{frame_index:010d}_{camera}"
-                        item = dict(
-                            image=os.path.join(selection_root, "image", base.format("image") + ".png"),
-                            velodyne_raw=os.path.join(selection_root, "velodyne_raw",
-                                                      base.format("velodyne_raw") + ".png"),
-                            groundtruth_depth=os.path.join(selection_root, "groundtruth_depth",
-                                                           base.format("groundtruth_depth") + ".png"),
-                            intrinsics=os.path.join(selection_root, "intrinsics", base.format("image") + ".txt"),
-                            K=K_crop.tolist(), drive=drive, camera=camera, frame=frame_index)
-                        save_png(np.ascontiguousarray(frame.rgb[crop]), item["image"])
-                        save_png(np.ascontiguousarray(sparse[crop]), item["velodyne_raw"])
-                        save_png(np.ascontiguousarray(gt[crop]), item["groundtruth_depth"])
-                        _write_text(item["intrinsics"], _intrinsics_text(K_crop))
-                        selection.append(item)
+    for split, drive, date, camera, frame_index, frame, entry in raw_frames(
+            out_dir, drives, frames, cameras, height, width, seed, K, counts):
+        if date not in calib_written:
+            baseline = build_scene(drive, seed, profile="vkitti2").stereo_baseline  # cached: raw_frames' layout
+            _write_text(os.path.join(out_dir, date, "calib_cam_to_cam.txt"), _calib_text(K, height, width, baseline))
+            calib_written.add(date)
+        stats.add(frame.cityscapes_id, frame.depth)
+        written.append(entry)
+        if frame_index < unannotated:
+            continue
+        stem = f"{frame_index:010d}.png"
+        # kitti_writer's generator and first draw: the same ground truth as generate_kitti's
+        rng = np.random.default_rng(stable_seed(seed, "kitti", drive, camera, frame_index))
+        gt = kitti_depth_png(frame.depth, _lidar_mask(frame.depth, frame.label, K, rng, gt_density, max_lidar_depth))
+        sparse = scan(frame, drive, camera, frame_index)
+        entry["groundtruth"] = os.path.join(out_dir, "data_depth_annotated", split, drive, "proj_depth",
+                                            "groundtruth", camera, stem)
+        entry["velodyne_raw"] = os.path.join(out_dir, "data_depth_velodyne", split, drive, "proj_depth",
+                                             "velodyne_raw", camera, stem)
+        save_png(gt, entry["groundtruth"])
+        save_png(sparse, entry["velodyne_raw"])
+        density["groundtruth"].append(float((gt > 0).mean()))
+        density["velodyne_raw"].append(float((sparse > 0).mean()))
+        if split == selection_split:
+            crop = (slice(top, top + crop_h), slice(left, left + crop_w))
+            base = f"{drive}_{{}}_{frame_index:010d}_{camera}"
+            item = dict(
+                image=os.path.join(selection_root, "image", base.format("image") + ".png"),
+                velodyne_raw=os.path.join(selection_root, "velodyne_raw", base.format("velodyne_raw") + ".png"),
+                groundtruth_depth=os.path.join(selection_root, "groundtruth_depth",
+                                               base.format("groundtruth_depth") + ".png"),
+                intrinsics=os.path.join(selection_root, "intrinsics", base.format("image") + ".txt"),
+                K=K_crop.tolist(), drive=drive, camera=camera, frame=frame_index)
+            save_png(np.ascontiguousarray(frame.rgb[crop]), item["image"])
+            save_png(np.ascontiguousarray(sparse[crop]), item["velodyne_raw"])
+            save_png(np.ascontiguousarray(gt[crop]), item["groundtruth_depth"])
+            _write_text(item["intrinsics"], _intrinsics_text(K_crop))
+            selection.append(item)
     test = []
     test_root = os.path.join(out_dir, "depth_selection", "test_depth_completion_anonymous")
     if test_frames:

@@ -114,32 +114,20 @@ def generate_kitti(out_dir: str, *, drives: Mapping[str, Sequence[str]] = KITTI_
     tables = cityscapes_tables()
     stats = ClassStats(tables.id_to_name)
     written, counts, eigen_lines = [], {}, []
-    for split, names in drives.items():
-        counts[split] = {}
-        for drive in names:
-            date = drive[:10]
-            layout = build_scene(drive, seed, profile="vkitti2")
-            counts[split][drive] = frames
-            for frame_index in range(frames):
-                for camera in cameras:
-                    frame = render_frame(layout, frame_index, height=height, width=width, intrinsics=K,
-                                         camera=KITTI_CAMERAS[camera])
-                    stem = f"{frame_index:010d}.png"
-                    entry = dict(split=split, drive=drive, camera=camera, frame=frame_index, layout=drive,
-                                 image=os.path.join(out_dir, date, drive, camera, "data", stem),
-                                 groundtruth=None, velodyne_raw=None)
-                    save_png(frame.rgb, entry["image"])
-                    if frame_index >= unannotated:
-                        rng = np.random.default_rng(stable_seed(seed, "kitti", drive, camera, frame_index))
-                        proj = os.path.join(out_dir, "data_depth_annotated", split, drive, "proj_depth")
-                        for kind, density in (("groundtruth", gt_density), ("velodyne_raw", sparse_density)):
-                            keep = _lidar_mask(frame.depth, frame.label, K, rng, density, max_lidar_depth)
-                            entry[kind] = os.path.join(proj, kind, camera, stem)
-                            save_png(kitti_depth_png(frame.depth, keep), entry[kind])
-                    written.append(entry)
-                    stats.add(frame.cityscapes_id, frame.depth)
-                    if split == eigen_split and camera == "image_02":
-                        eigen_lines.append(_bts_line(date, drive, split, camera, stem, entry["groundtruth"], K))
+    for split, drive, date, camera, frame_index, frame, entry in raw_frames(
+            out_dir, drives, frames, cameras, height, width, seed, K, counts):
+        stem = f"{frame_index:010d}.png"
+        if frame_index >= unannotated:
+            rng = np.random.default_rng(stable_seed(seed, "kitti", drive, camera, frame_index))
+            proj = os.path.join(out_dir, "data_depth_annotated", split, drive, "proj_depth")
+            for kind, density in (("groundtruth", gt_density), ("velodyne_raw", sparse_density)):
+                keep = _lidar_mask(frame.depth, frame.label, K, rng, density, max_lidar_depth)
+                entry[kind] = os.path.join(proj, kind, camera, stem)
+                save_png(kitti_depth_png(frame.depth, keep), entry[kind])
+        written.append(entry)
+        stats.add(frame.cityscapes_id, frame.depth)
+        if split == eigen_split and camera == "image_02":
+            eigen_lines.append(_bts_line(date, drive, split, camera, stem, entry["groundtruth"], K))
     semantics = _write_semantics(out_dir, semantic_frames, height, width, K, seed, stats)
     eigen_file = None
     if eigen_split is not None and eigen_lines:
@@ -155,6 +143,30 @@ def generate_kitti(out_dir: str, *, drives: Mapping[str, Sequence[str]] = KITTI_
                 counts=dict(counts, semantics={"training": len(semantics)}),
                 class_fractions=stats.fractions(), depth_range=(stats.depth_min, stats.depth_max),
                 seconds=time.perf_counter() - start)
+
+
+def raw_frames(out_dir, drives, frames, cameras, height, width, seed, K, counts):
+    """Render and write the KITTI raw images of every drive (``<date>/<drive>/image_0k/data/%010d.png``), in
+    order (split, drive, frame, camera), filling ``counts[split][drive]``; yields ``(split, drive, date, camera,
+    frame_index, frame, entry)`` with ``entry`` the summary dict of the frame (``groundtruth`` /
+    ``velodyne_raw`` None, for the caller to fill). Shared by the depth and the depth completion writers, so
+    their raw images are the same bytes."""
+    for split, names in drives.items():
+        counts[split] = {}
+        for drive in names:
+            date = drive[:10]
+            layout = build_scene(drive, seed, profile="vkitti2")
+            counts[split][drive] = frames
+            for frame_index in range(frames):
+                for camera in cameras:
+                    frame = render_frame(layout, frame_index, height=height, width=width, intrinsics=K,
+                                         camera=KITTI_CAMERAS[camera])
+                    stem = f"{frame_index:010d}.png"
+                    entry = dict(split=split, drive=drive, camera=camera, frame=frame_index, layout=drive,
+                                 image=os.path.join(out_dir, date, drive, camera, "data", stem),
+                                 groundtruth=None, velodyne_raw=None)
+                    save_png(frame.rgb, entry["image"])
+                    yield split, drive, date, camera, frame_index, frame, entry
 
 
 def _bts_line(date, drive, split, camera, stem, groundtruth, K) -> str:
