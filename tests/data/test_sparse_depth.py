@@ -39,3 +39,35 @@ def test_reads_the_sparse_file_with_read_depth_rules(tmp_path):
         sparse_depth_input(dict(record, height=7))
     with pytest.raises(KeyError, match="NUM_SAMPLES"):
         sparse_depth_input({"file_name": "img.png"})
+
+
+def test_simulated_lidar_scan_of_a_dense_dataset(synthetic_vkitti2):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from segdep_d2.data import read_depth
+    from segdep_d2.data.datasets import register_simulated_lidar
+    from segdep_d2.data.datasets.vkitti2 import load_vkitti2, vkitti2_metadata
+
+    root, _ = synthetic_vkitti2
+    name = "_test_vkitti2_simulated_lidar"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register("_test_vkitti2_dense", lambda: load_vkitti2(root, ("Scene01",), ("clone",)))
+        MetadataCatalog.get("_test_vkitti2_dense").set(**{k: v for k, v in vkitti2_metadata().items() if k != "name"})
+        register_simulated_lidar(name, "_test_vkitti2_dense")
+    assert MetadataCatalog.get(name).depth_range == MetadataCatalog.get("_test_vkitti2_dense").depth_range
+    record = DatasetCatalog.get(name)[0]
+    assert record["sparse_depth_simulation"] == "lidar64"
+    dense, sparse = read_depth(record), sparse_depth_input(record)
+    hit = sparse > 0
+    assert 0.01 < hit.mean() < 0.1  # a scan, not the dense map (VKITTI2: dense depth on every pixel)
+    np.testing.assert_array_equal(sparse[hit], dense[hit])  # the points are the frame's depth, not interpolated
+    # a LiDAR scans rows: in every column at most one point per beam, not random pixels
+    from segdep_d2.data.synthetic.kitti_completion_writer import HDL64E_ELEVATIONS_DEG, lidar_resolution
+
+    beams = len(HDL64E_ELEVATIONS_DEG[::lidar_resolution(*hit.shape)[0]])
+    assert beams < hit.shape[0] and hit.sum(axis=0).max() <= beams
+    assert np.array_equal(sparse, sparse_depth_input(dict(record)))  # a property of the frame
+    with pytest.raises(KeyError, match="intrinsics"):
+        sparse_depth_input({k: v for k, v in record.items() if k != "intrinsics"})
+    with pytest.raises(ValueError, match="sparse_depth_simulation"):
+        sparse_depth_input(dict(record, sparse_depth_simulation="radar"))

@@ -20,6 +20,7 @@ from .kitti_completion import (
 )
 from .sidewalk import load_sidewalk, register_all_sidewalk, register_sidewalk, sidewalk_metadata, sidewalk_split_of
 from .sidewalk_categories import SIDEWALK_CLASSES, sidewalk_label_to_id
+from .simulated_lidar import register_simulated_lidar
 from .vkitti2 import load_vkitti2, load_vkitti2_referring, register_vkitti2, register_vkitti2_referring
 from .vkitti2_categories import VKITTI2_CATEGORIES
 from .vkitti2_prepared import prepare_vkitti2, register_vkitti2_panoptic, register_vkitti2_sem_seg
@@ -32,6 +33,7 @@ __all__ = [
     "register_asymmetric_split",
     "register_depth_panoptic_dataset",
     "register_vkitti2",
+    "register_simulated_lidar",
     "load_vkitti2",
     "load_vkitti2_referring",
     "register_vkitti2_referring",

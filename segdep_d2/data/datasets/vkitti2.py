@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..referring import VisibilityRule, record_seed, referring_expressions
 from .metadata import depth_panoptic_metadata
+from .simulated_lidar import register_simulated_lidar
 from .vkitti2_categories import VKITTI2_CATEGORIES, VKITTI2_IGNORE_LABEL, VKITTI2_LABEL_DIVISOR
 from .vkitti2_textgt import load_vkitti2_textgt
 
@@ -281,7 +282,8 @@ def register_all_vkitti2(datasets_root):
     """``vkitti2_{train,val}`` (all variations) and ``vkitti2_<variation>_{train,val}``: the
     depth-aware names, whose records point at VKITTI2's own colour / palette label PNGs
     (``label_format "vkitti2"``, decoded by segdep_d2's readers), and ``vkitti2_referring_{train,val}``
-    (the same frames with textgt-derived referring ``queries``). The detectron2-standard views
+    (the same frames with textgt-derived referring ``queries``), ``vkitti2_lidar_{train,val}`` (the frames
+    with a simulated 64-beam LiDAR scan as the sparse input of depth completion). The detectron2-standard views
     ``vkitti2_sem_seg_*`` / ``vkitti2_panoptic_*`` are in :mod:`.vkitti2_prepared`."""
     root = os.path.join(datasets_root, "vkitti2")
     for split, scenes in VKITTI2_SPLITS.items():
@@ -289,3 +291,5 @@ def register_all_vkitti2(datasets_root):
         for variation in VKITTI2_VARIATIONS:
             register_vkitti2(f"vkitti2_{variation}_{split}", root, scenes, (variation,))
         register_vkitti2(f"vkitti2_referring_{split}", root, scenes, VKITTI2_VARIATIONS, referring={})
+        # depth completion: the same frames with a simulated 64-beam LiDAR scan of their depth as the input
+        register_simulated_lidar(f"vkitti2_lidar_{split}", f"vkitti2_{split}")
