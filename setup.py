@@ -29,6 +29,7 @@ setup(
         "Pillow",
         "matplotlib",
         "tabulate",
+        "scipy",  # depth completion's baselines (nearest / Delaunay fills) and evaluation
         "tqdm",  # progress bars of the datasets/prepare_*.py converters and tools/generate_pseudo_labels.py
         "h5py",  # datasets/prepare_nyuv2.py reads the MATLAB v7.3 (HDF5) nyu_depth_v2_labeled.mat
         "tensorboard",
