@@ -97,13 +97,18 @@ def test_builtin_split_holds_out_scene20(synthetic_vkitti2, tmp_path):
     # register under a private copy of the names: re-register the builtin layout with a prefix
     import segdep_d2.data.datasets.vkitti2 as vk
 
-    original = vk.register_vkitti2
+    original, original_lidar = vk.register_vkitti2, vk.register_simulated_lidar
     try:
         vk.register_vkitti2 = lambda name, *a, **k: original("test_" + name, *a, **k)
+        vk.register_simulated_lidar = lambda name, source, **k: original_lidar("test_" + name, "test_" + source, **k)
         register_all_vkitti2(str(datasets_root))
     finally:
-        vk.register_vkitti2 = original
-    assert {"test_vkitti2_train", "test_vkitti2_val", "test_vkitti2_clone_val"} <= set(DatasetCatalog.list()) - names_before
+        vk.register_vkitti2, vk.register_simulated_lidar = original, original_lidar
+    added = set(DatasetCatalog.list()) - names_before
+    assert {"test_vkitti2_train", "test_vkitti2_val", "test_vkitti2_clone_val", "test_vkitti2_lidar_val"} <= added
+    lidar = DatasetCatalog.get("test_vkitti2_lidar_val")  # the val frames, with a simulated LiDAR input
+    assert lidar and all(r["sparse_depth_simulation"] == "lidar64" and r["sequence_id"].startswith("Scene20")
+                         for r in lidar)
     val = DatasetCatalog.get("test_vkitti2_val")
     assert {r["sequence_id"].split("/")[0] for r in val} == {"Scene20"}
     train = DatasetCatalog.get("test_vkitti2_clone_train")
