@@ -40,24 +40,19 @@ The evaluator's type name is ``"depth_completion"`` (:data:`DEPTH_COMPLETION_EVA
 metadata ``evaluator_type``); :func:`segdep_d2.engine.build_evaluators` picks it for models that read sparse
 depth or when ``TEST.DEPTH.COMPLETION`` is set.
 """
-import itertools
-import json
 import logging
-import os
 from collections import OrderedDict
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 from scipy import ndimage
 from scipy.spatial import Delaunay, QhullError
 from tabulate import tabulate
 
 from ..data.datasets.metadata import valid_depth_range
 from ..data.sparse_depth import sparse_depth_input
-from .arrays import to_numpy
+from .arrays import gather_results, to_numpy
 from .depth_evaluator import _image_key, prediction_and_ground_truth
 from .depth_metrics import depth_metrics
 
@@ -404,16 +399,9 @@ class DepthCompletionEvaluator(DatasetEvaluator):
         return entry
 
     def evaluate(self):
-        results = self._results
-        if self._distributed:
-            comm.synchronize()
-            results = list(itertools.chain(*comm.gather(results)))
-            if not comm.is_main_process():
-                return {}
-        if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            with PathManager.open(os.path.join(self._output_dir, "depth_completion_per_image.json"), "w") as f:
-                json.dump(results, f)
+        results = gather_results(self._results, self._distributed, self._output_dir, "depth_completion_per_image.json")
+        if results is None:  # not the main process
+            return {}
         if not results:
             logger.warning(
                 f"[DepthCompletionEvaluator] {self._dataset_name}: no image with valid ground-truth depth"

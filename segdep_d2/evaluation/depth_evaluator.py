@@ -1,19 +1,14 @@
 """detectron2 evaluator for dense metric depth: a thin wrapper around :func:`depth_metrics`."""
-import itertools
-import json
 import logging
-import os
 from collections import OrderedDict
 from typing import Optional, Sequence, Union
 
 import numpy as np
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 
 from ..data.datasets.metadata import valid_depth_range
 from ..data.depth_io import read_depth
-from .arrays import to_numpy
+from .arrays import gather_results, to_numpy
 from .depth_metrics import DEPTH_METRIC_NAMES, depth_metrics
 
 __all__ = ["DepthEvaluator"]
@@ -98,16 +93,9 @@ class DepthEvaluator(DatasetEvaluator):
             self._results.append({"image_id": _image_key(input_dict), **metrics})
 
     def evaluate(self):
-        results = self._results
-        if self._distributed:
-            comm.synchronize()
-            results = list(itertools.chain(*comm.gather(results)))
-            if not comm.is_main_process():
-                return {}
-        if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            with PathManager.open(os.path.join(self._output_dir, "depth_per_image.json"), "w") as f:
-                json.dump(results, f)
+        results = gather_results(self._results, self._distributed, self._output_dir, "depth_per_image.json")
+        if results is None:  # not the main process
+            return {}
         if not results:
             logger.warning(f"[DepthEvaluator] {self._dataset_name}: no image with valid ground-truth depth")
             return OrderedDict({"depth": {"num_images": 0}})

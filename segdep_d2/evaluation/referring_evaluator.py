@@ -21,24 +21,19 @@ Pure functions: :func:`mask_intersection_union`, :func:`mask_iou`, :func:`referr
 :class:`ReferringEvaluator` wraps them; :func:`queries_as_text` / :func:`with_query_texts` put the query
 texts into the model's inputs.
 """
-import itertools
-import json
 import logging
 import math
-import os
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 from PIL import Image
 
 from ..data.label_io import _read_vkitti2_track_ids
 from ..data.referring import REFERRING_KINDS
-from .arrays import to_numpy
+from .arrays import gather_results, to_numpy
 
 __all__ = [
     "PRECISION_THRESHOLDS",
@@ -312,16 +307,9 @@ class ReferringEvaluator(DatasetEvaluator):
         return summary
 
     def evaluate(self):
-        results = self._results
-        if self._distributed:
-            comm.synchronize()
-            results = list(itertools.chain(*comm.gather(results)))
-            if not comm.is_main_process():
-                return {}
-        if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            with PathManager.open(os.path.join(self._output_dir, "referring_per_query.json"), "w") as f:
-                json.dump(results, f)
+        results = gather_results(self._results, self._distributed, self._output_dir, "referring_per_query.json")
+        if results is None:  # not the main process
+            return {}
         if not results:
             logger.warning(f"[ReferringEvaluator] {self._dataset_name}: no referring query was evaluated")
             return OrderedDict({"referring": {"num_queries": 0, "num_images": 0}})

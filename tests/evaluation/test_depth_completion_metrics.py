@@ -374,13 +374,13 @@ def test_evaluator_without_baselines_and_with_bad_input(completion_dataset):
 
 
 def test_evaluator_non_main_rank_returns_empty(completion_dataset, monkeypatch):
-    import segdep_d2.evaluation.depth_completion as module
+    from detectron2.utils import comm
 
     name, dicts, outputs = completion_dataset
     evaluator = DepthCompletionEvaluator(name, distributed=True)
     evaluator.process([dicts[0]], [outputs["A"]])
-    monkeypatch.setattr(module.comm, "gather", lambda data, dst=0: [])
-    monkeypatch.setattr(module.comm, "is_main_process", lambda: False)
+    monkeypatch.setattr(comm, "gather", lambda data, dst=0: [])
+    monkeypatch.setattr(comm, "is_main_process", lambda: False)
     assert evaluator.evaluate() == {}
 
 

@@ -11,8 +11,6 @@ from detectron2.evaluation import DatasetEvaluators, inference_on_dataset
 from panopticapi.utils import id2rgb
 from PIL import Image
 
-import segdep_d2.evaluation.depth_evaluator as depth_evaluator_module
-import segdep_d2.evaluation.panoptic_depth_evaluator as panoptic_evaluator_module
 from segdep_d2.evaluation import (
     DepthEvaluator,
     LabelledSemSegEvaluator,
@@ -340,20 +338,21 @@ def test_panoptic_depth_evaluator_without_valid_depth_has_no_nan(tmp_path, regis
 
 
 @pytest.mark.parametrize(
-    "evaluator_cls, module, dataset_fixture, output_key",
+    "evaluator_cls, dataset_fixture, output_key",
     [
-        (DepthEvaluator, depth_evaluator_module, "depth_dataset", "A"),
-        (PanopticDepthEvaluator, panoptic_evaluator_module, "panoptic_dataset", "1"),
+        (DepthEvaluator, "depth_dataset", "A"),
+        (PanopticDepthEvaluator, "panoptic_dataset", "1"),
     ],
     ids=["depth", "panoptic_depth"],
 )
-def test_evaluator_non_main_rank_returns_empty(evaluator_cls, module, dataset_fixture, output_key, request,
-                                               monkeypatch):
+def test_evaluator_non_main_rank_returns_empty(evaluator_cls, dataset_fixture, output_key, request, monkeypatch):
     name, dicts, outputs = request.getfixturevalue(dataset_fixture)
     evaluator = evaluator_cls(name, distributed=True)
     evaluator.process([dicts[0]], [outputs[output_key]])
-    monkeypatch.setattr(module.comm, "gather", lambda data, dst=0: [])
-    monkeypatch.setattr(module.comm, "is_main_process", lambda: False)
+    from detectron2.utils import comm  # the evaluators gather through detectron2's comm (directly or gather_results)
+
+    monkeypatch.setattr(comm, "gather", lambda data, dst=0: [])
+    monkeypatch.setattr(comm, "is_main_process", lambda: False)
     assert evaluator.evaluate() == {}
 
 
