@@ -154,3 +154,23 @@ def save_tiny_segformer(folder, classes, processor_size=(32, 48), seed=0):
         SegformerImageProcessor(size={"height": height, "width": width}, image_mean=[0.5, 0.4, 0.3],
                                 image_std=[0.2, 0.25, 0.3]).save_pretrained(str(folder))
     return str(folder)
+
+
+def register_records(name, records, **metadata):
+    """Register ``records`` (deep copies on every get) as ``name`` with ``metadata``, replacing a former ``name``."""
+    import copy
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    records = copy.deepcopy(records)
+    DatasetCatalog.register(name, lambda: copy.deepcopy(records))
+    MetadataCatalog.get(name).set(**metadata)
+    return name
+
+
+def drop_keys(records, keys):
+    """Copies of ``records`` without ``keys``."""
+    return [{k: v for k, v in r.items() if k not in keys} for r in records]

@@ -1,5 +1,4 @@
 """segdep_d2.data.pseudo_labels: a teacher's predictions written as a dataset's missing labels."""
-import copy
 import json
 import os
 
@@ -11,6 +10,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from PIL import Image
 
+from conftest import drop_keys as _drop
+from conftest import register_records as _register
 from segdep_d2.data import DepthPanopticDatasetMapper, read_depth, read_sem_seg
 from segdep_d2.data.datasets.metadata import depth_panoptic_metadata
 from segdep_d2.data.datasets.vkitti2 import load_vkitti2, vkitti2_metadata
@@ -129,18 +130,6 @@ def frames(synthetic_vkitti2):
     return load_vkitti2(root, ("Scene01",), ("clone", "fog"))[:3]
 
 
-def _register(name, records, **metadata):
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    records = copy.deepcopy(records)
-    DatasetCatalog.register(name, lambda: copy.deepcopy(records))
-    MetadataCatalog.get(name).set(**metadata)
-    return name
-
-
-def _drop(records, keys):
-    return [{k: v for k, v in r.items() if k not in keys} for r in records]
 
 
 def _direct(cfg, model, record):

@@ -1,6 +1,5 @@
 """segdep_d2.data.pseudo_labels with a Hugging Face SegFormer checkpoint folder as the teacher
 (the SafeTrip-Q seed's mit-b2 teacher, here a tiny random one)."""
-import copy
 import json
 import os
 
@@ -15,6 +14,8 @@ from PIL import Image
 
 pytest.importorskip("transformers")
 
+from conftest import drop_keys as _drop  # noqa: E402
+from conftest import register_records as _register  # noqa: E402
 from conftest import save_tiny_segformer  # noqa: E402
 from segdep_d2.data import read_depth, read_sem_seg  # noqa: E402
 from segdep_d2.data.datasets.metadata import depth_panoptic_metadata  # noqa: E402
@@ -52,18 +53,6 @@ def frames(synthetic_vkitti2):
     return load_vkitti2(root, ("Scene01",), ("clone", "fog"))[:2]
 
 
-def _register(name, records, **metadata):
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    records = copy.deepcopy(records)
-    DatasetCatalog.register(name, lambda: copy.deepcopy(records))
-    MetadataCatalog.get(name).set(**metadata)
-    return name
-
-
-def _drop(records, keys):
-    return [{k: v for k, v in r.items() if k not in keys} for r in records]
 
 
 def _resized(cfg, record):
