@@ -6,7 +6,8 @@ measured table; every row trained from the same seed with the same schedule, on 
    (``generate_kitti_completion``: raw images, a simulated 64-beam LiDAR scan as ``velodyne_raw``, denser ground
    truth) for ``--train-drives`` and one held-out ``--val-drive``, plus ``--semantic-frames`` images of the
    semantics benchmark (``generate_kitti``: the same raw images, byte for byte) for the semantic guide;
-2. train and evaluate the rows on the held-out drive (``kitti_depth_completion_val``) with
+2. train and evaluate the rows on the held-out drive (the study's ``depth_completion_study_val``: the
+   ``kitti_depth_completion_val`` split of its own data) with
    ``DepthCompletionEvaluator``: the KITTI devkit's RMSE / MAE (mm) and iRMSE / iMAE (1/km) per image, REL and
    delta1, and the trivial baselines of the same LiDAR input:
 
@@ -37,13 +38,18 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+sys.path.insert(0, REPO)  # a source checkout without `pip install -e .`
+
+from segdep_d2.engine import study  # noqa: E402  (the scaffolding every study shares)
 CONFIG = "projects/DepthCompletion/configs/Synthetic-DepthCompletion/depth_completion_cpu.yaml"
 GUIDE_CONFIG = "projects/HydraNet/configs/KITTI-HydraNet/hydranet_mbv2_kitti_asymmetric.yaml"
 MONOCULAR_CONFIG = "projects/PanopticDepthLab/configs/Synthetic-PanopticDepth/panoptic_depthlab_R_18_os32_cpu.yaml"
 RECORD_NAME = "depth_completion_synthetic_study.json"
 ROWS = ("untrained", "seed network", "rgb+sparse", "rgb+sparse+semantics", "monocular")
 BASELINES = (("sparse only (at its points)", "sparse_only"), ("nearest fill", "nearest"), ("bilinear fill", "bilinear"))
-TRAIN, VAL = "kitti_depth_completion_train", "kitti_depth_completion_val"
+# the study's own names (registered by prepare_data on its data; the builtin names stay as they are)
+PREFIX = "depth_completion_study"
+TRAIN, VAL, SEMANTICS = f"{PREFIX}_train", f"{PREFIX}_val", f"{PREFIX}_semantics"
 # (column, result section, key, format)
 COLUMNS = (
     ("RMSE [mm]", "depth_completion", "RMSE", "{:.0f}"),
@@ -56,15 +62,7 @@ COLUMNS = (
 EXTRA_COLUMNS = (("iterations", "iterations", "{}", 0), ("train s", "train_seconds", "{:.0f}", 0))
 
 
-def _study():
-    sys.path.insert(0, REPO)
-    from segdep_d2.engine import study
-
-    return study
-
-
 def parse_args(argv=None):
-    study = _study()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     study.add_study_arguments(p, output="output/depth_completion_study", record_name=RECORD_NAME, rows=ROWS,
                               frames=24, max_iter=600, height=188, width=621, batch=2,
@@ -93,30 +91,28 @@ def write_kitti(root, *, drives, frames, semantic_frames, height, width, seed):
 
 
 def prepare_data(args):
-    """Write the data once per settings under OUTPUT/datasets/kitti and register the builtin names there."""
-    from detectron2.data import DatasetCatalog
+    """Write the data once per settings under OUTPUT/datasets/kitti and register the study's names on it (the
+    completion train / val splits and the semantics frames); returns (generator settings, split sizes)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from segdep_d2.data.datasets.kitti import register_all_kitti
-    from segdep_d2.data.datasets.kitti_completion import register_all_kitti_completion
+    from segdep_d2.data.datasets.kitti import register_kitti_sem_seg
+    from segdep_d2.data.datasets.kitti_completion import register_kitti_depth_completion
 
-    study = _study()
     settings = generator_settings(args)
-    datasets = os.path.join(args.output, "datasets")
-    study.write_once(os.path.join(datasets, "kitti"), settings, write_kitti)
-    for name in [n for n in DatasetCatalog.list() if n.startswith("kitti_")]:  # the builtin names, re-pointed
-        DatasetCatalog.remove(name)
-    from detectron2.data import MetadataCatalog
-
-    for name in [n for n in MetadataCatalog.list() if n.startswith("kitti_")]:
-        MetadataCatalog.remove(name)
-    register_all_kitti(datasets)
-    register_all_kitti_completion(datasets)
-    sizes = {name: len(DatasetCatalog.get(name)) for name in (TRAIN, VAL, "kitti_sem_seg_train")}
+    root = os.path.join(args.output, "datasets", "kitti")
+    study.write_once(root, settings, write_kitti)
+    for name in (TRAIN, VAL, SEMANTICS):  # a second study in one process: re-pointed at this one's data
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+    register_kitti_depth_completion(TRAIN, root, "train")
+    register_kitti_depth_completion(VAL, root, "val")
+    register_kitti_sem_seg(SEMANTICS, root)
+    sizes = {name: len(DatasetCatalog.get(name)) for name in (TRAIN, VAL, SEMANTICS)}
     return settings, sizes
 
 
 def _cfg(config, args, output_dir, train, test, model_opts=(), with_opts=True):
-    study = _study()
     saved = args.opts
     if not with_opts:
         args.opts = []
@@ -139,9 +135,8 @@ def completion_cfg(args, name, semantic_guide=None):
 
 def train_guide(args):
     """HydraNet (19 classes) on the semantics frames, same schedule; returns (config file, weights, row)."""
-    study = _study()
     out = os.path.join(args.output, "rows", "guide")
-    cfg = _cfg(GUIDE_CONFIG, args, out, ("kitti_sem_seg_train",), ("kitti_sem_seg_train",), [
+    cfg = _cfg(GUIDE_CONFIG, args, out, (SEMANTICS,), (SEMANTICS,), [
         "DATASETS.PSEUDO_LABELS", "[]", "MODEL.HYDRANET.DECODER_CHANNELS", "64", "INPUT.CROP.ENABLED", "False",
     ], with_opts=False)
     trained = study.train_row(cfg, args.seed)
@@ -160,7 +155,6 @@ def train_guide(args):
 def run_study(args, argv=None):
     import torch
 
-    study = _study()
     wall, generator, sizes = study.start_study(args, prepare_data)
     rows, guide, guide_files, baselines_from = [], None, None, None
     for name in args.rows:
