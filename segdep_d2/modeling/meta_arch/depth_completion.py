@@ -15,7 +15,10 @@ skip connections, supervised at five scales by a weighted multi-scale L1. Here:
   at each stride (at full resolution: the image, semantics and sparse stem) and predicts depth at 1/16,
   1/8, 1/4, 1/2 and 1/1 of the (padded) input; inference returns the finest;
 * depth is ``MAX_DEPTH * sigmoid(x)``: non-negative and bounded by the configured range, on the same
-  scale (depth / MAX_DEPTH) as the sparse input and the losses (``segdep_d2.modeling.losses``).
+  scale (depth / MAX_DEPTH) as the sparse input and the losses (``segdep_d2.modeling.losses``);
+* or, with ``PREFILL: "dilation"`` (the shipped configs), a correction of a morphological fill of the points
+  (:func:`dilation_fill`; the stem also sees the fill): depth = fill * exp(x) where the fill reaches, with
+  zero-initialised predictors, so that the untrained network is the fill and training refines it.
 """
 import logging
 import math
@@ -40,7 +43,8 @@ from ..losses import (
 )
 from .targets import batch_dense_targets
 
-__all__ = ["DepthCompletion", "ConvEncoder", "BackboneEncoder", "CompletionDecoder", "build_semantic_guide"]
+__all__ = ["DepthCompletion", "ConvEncoder", "BackboneEncoder", "CompletionDecoder", "build_semantic_guide",
+           "dilation_fill"]
 
 logger = logging.getLogger(__name__)
 
