@@ -50,11 +50,10 @@ from .constants import cityscapes_tables
 from .encoding import ClassStats, save_png
 from .frame import render_frame
 from .kitti_writer import (
-    KITTI_CAMERAS,
     KITTI_DEFAULT_DRIVES,
     KITTI_SIZE,
+    _check_drive_settings,
     _lidar_mask,
-    _parse_drives,
     kitti_depth_png,
     kitti_intrinsics,
     raw_frames,
@@ -188,12 +187,7 @@ def generate_kitti_completion(out_dir: str, *, drives: Mapping[str, Sequence[str
     ``lidar`` (``beam_stride``, ``azimuth_step_deg``, ``elevations_deg``), ``class_fractions``, ``depth_range``.
     """
     start = time.perf_counter()
-    drives = _parse_drives(drives)
-    if not 0 <= unannotated <= frames:
-        raise ValueError(f"unannotated={unannotated} must be within 0..frames={frames}")
-    for camera in cameras:
-        if camera not in KITTI_CAMERAS:
-            raise ValueError(f"camera {camera!r}; expected one of {sorted(KITTI_CAMERAS)}")
+    drives = _check_drive_settings(drives, frames, unannotated, cameras)
     auto_stride, auto_step = lidar_resolution(height, width)
     beam_stride = auto_stride if beam_stride is None else int(beam_stride)
     azimuth_step_deg = auto_step if azimuth_step_deg is None else float(azimuth_step_deg)

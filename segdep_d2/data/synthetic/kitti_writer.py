@@ -104,12 +104,7 @@ def generate_kitti(out_dir: str, *, drives: Mapping[str, Sequence[str]] = KITTI_
     ``layout``), ``eigen_file``, ``counts``, ``class_fractions``, ``depth_range``.
     """
     start = time.perf_counter()
-    drives = _parse_drives(drives)
-    if not 0 <= unannotated <= frames:
-        raise ValueError(f"unannotated={unannotated} must be within 0..frames={frames}")
-    for camera in cameras:
-        if camera not in KITTI_CAMERAS:
-            raise ValueError(f"camera {camera!r}; expected one of {sorted(KITTI_CAMERAS)}")
+    drives = _check_drive_settings(drives, frames, unannotated, cameras)
     K = kitti_intrinsics(height, width)
     tables = cityscapes_tables()
     stats = ClassStats(tables.id_to_name)
@@ -143,6 +138,16 @@ def generate_kitti(out_dir: str, *, drives: Mapping[str, Sequence[str]] = KITTI_
                 counts=dict(counts, semantics={"training": len(semantics)}),
                 class_fractions=stats.fractions(), depth_range=(stats.depth_min, stats.depth_max),
                 seconds=time.perf_counter() - start)
+
+
+def _check_drive_settings(drives, frames, unannotated, cameras):
+    """The parsed ``drives`` ({split: [drive, ...]}), after checking ``unannotated`` and ``cameras``."""
+    if not 0 <= unannotated <= frames:
+        raise ValueError(f"unannotated={unannotated} must be within 0..frames={frames}")
+    for camera in cameras:
+        if camera not in KITTI_CAMERAS:
+            raise ValueError(f"camera {camera!r}; expected one of {sorted(KITTI_CAMERAS)}")
+    return _parse_drives(drives)
 
 
 def raw_frames(out_dir, drives, frames, cameras, height, width, seed, K, counts):
