@@ -46,7 +46,8 @@ def test_same_output_as_detectrons_aspp_where_that_works(size):
     assert adapt_aspp_pooling(adapted) == 1
     x = _features(*size)
     with torch.no_grad():
-        assert torch.equal(adapted(x), plain(x))
+        # a sliding window is pooled separably: the same sums in another order
+        torch.testing.assert_close(adapted(x), plain(x), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [(2, 4), (1, 1), (4, 4), (3, 5)], ids=str)
@@ -69,8 +70,22 @@ def test_kernel_is_the_training_kernel_capped_per_dimension():
     x = _features(2, 20)
     expected = F.avg_pool2d(x, (2, 8), stride=1)
     assert pool(x).shape == (2, 8, 1, 13)
-    assert torch.equal(pool(x), expected)
-    assert torch.equal(pool(_features(6, 12)), F.avg_pool2d(_features(6, 12), KERNEL, stride=1))
+    torch.testing.assert_close(pool(x), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(pool(_features(6, 12)), F.avg_pool2d(_features(6, 12), KERNEL, stride=1),
+                               rtol=1e-6, atol=1e-6)
+    assert torch.equal(pool(_features(4, 8)), F.avg_pool2d(_features(4, 8), KERNEL, stride=1))  # global: one pool
+
+
+def test_sliding_pool_at_cityscapes_scale_is_the_2d_mean():
+    """The Cityscapes kernel (32x64) sliding over a 1024x2048 input's 64x128 features: the separable
+    pool gives each window's mean (checked against float64 by hand on a few windows)."""
+    pool = ImagePooling2d((32, 64))
+    x = torch.rand(1, 3, 64, 128, generator=torch.Generator().manual_seed(0))
+    y = pool(x)
+    assert y.shape == (1, 3, 33, 65)
+    for i, j in [(0, 0), (32, 64), (7, 40), (20, 3)]:
+        expected = x[0, :, i:i + 32, j:j + 64].double().mean((-2, -1))
+        torch.testing.assert_close(y[0, :, i, j].double(), expected, rtol=0, atol=1e-6)
 
 
 def test_adapt_keeps_weights_and_is_idempotent():
