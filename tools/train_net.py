@@ -4,6 +4,12 @@
     python tools/train_net.py --config-file projects/PanopticDepthLab/configs/... [--num-gpus N]
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS path/to/model.pth
     python tools/train_net.py --config-file ... --resume          # continue from last_checkpoint
+    python tools/train_net.py --config-file ... --eval-only --deployed out/export/model.onnx
+
+``--deployed PATH`` (with ``--eval-only``) evaluates a file written by tools/export_model.py
+(``model.onnx`` in onnxruntime, ``model.pt2``, ``model.ts``, or the export folder) instead of the
+eager model: the network runs in its runtime, the model's post-processing in Python, the evaluators
+are the same.
 """
 import os
 import sys
@@ -35,6 +41,10 @@ def setup(args):
 
 def main(args):
     cfg = setup(args)
+    if args.deployed:
+        from segdep_d2.modeling.deployed import load_deployed
+
+        return SegDepTrainer.test(cfg, load_deployed(args.deployed, cfg))
     if args.eval_only:
         model = SegDepTrainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
@@ -44,8 +54,23 @@ def main(args):
     return trainer.train()
 
 
+def get_parser():
+    parser = default_argument_parser()
+    parser.add_argument("--deployed", default=None, metavar="PATH",
+                        help="with --eval-only: evaluate this export (tools/export_model.py) instead of the eager model")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.deployed and not args.eval_only:
+        parser.error("--deployed evaluates an exported model: give --eval-only too")
+    return args
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = parse_args()
     print("Command Line Args:", args)
     launch(
         main,

@@ -193,6 +193,11 @@ def get_parser():
         "--depth-range", type=float, nargs=2, default=None, metavar=("NEAR", "FAR"),
         help="metres of the colour-map ends (default: from the dataset's depth_range)",
     )
+    parser.add_argument(
+        "--deployed", default=None, metavar="PATH",
+        help="run this export of the config instead of the eager model: model.onnx (onnxruntime), model.pt2 or "
+             "model.ts written by tools/export_model.py, or its output folder (MODEL.WEIGHTS is then not read)",
+    )
     parser.add_argument("opts", default=[], nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
 
@@ -230,7 +235,12 @@ def main(argv=None):
         inputs = inputs[: args.num_images]
     if not inputs:
         raise SystemExit("no input images")
-    model = load_model(cfg)
+    if args.deployed:
+        from segdep_d2.modeling.deployed import load_deployed
+
+        model = load_deployed(args.deployed, cfg)
+    else:
+        model = load_model(cfg)
     written = visualize(cfg, model, inputs, args.output, mapper=mapper, depth_range=args.depth_range)
     logger.info(f"wrote {len(written)} files to {args.output}")
     return written

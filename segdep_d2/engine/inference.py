@@ -87,15 +87,17 @@ class Predictor:
             cfg: the model's config (``DATASETS.TEST[0]`` names the metadata used to draw).
             model: an eager model to use as it is; by default one is built from ``cfg`` and
                 ``MODEL.WEIGHTS`` loaded (a warning when empty).
-            onnx_path: run this ONNX file (written by ``tools/export_model.py --format onnx`` from
-                ``cfg``) with onnxruntime instead of an eager model.
+            onnx_path: run this deployed file instead of an eager model: an ONNX file written by
+                ``tools/export_model.py --format onnx`` from ``cfg`` (onnxruntime), or any file or
+                export folder :func:`~segdep_d2.modeling.deployed.load_deployed` opens.
         """
         self.cfg = cfg.clone()
         if onnx_path is not None:
-            from ..modeling.export import load_onnx_model
+            from ..modeling.deployed import load_deployed
 
-            self.model = load_onnx_model(onnx_path, self.cfg)
-            self.runtime = "onnxruntime"
+            # nothing else runs in a predictor's process between frames: onnxruntime's workers may spin
+            self.model = load_deployed(onnx_path, self.cfg, spinning=True)
+            self.runtime = self.model.runtime
         else:
             if model is None:
                 model = build_model(self.cfg)

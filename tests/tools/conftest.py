@@ -33,3 +33,8 @@ def export_tool():
 @pytest.fixture(scope="module")
 def visualize_tool():
     return load_tool("visualize_depth_panoptic")
+
+
+@pytest.fixture(scope="module")
+def train_net_tool():
+    return load_tool("train_net")
