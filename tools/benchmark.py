@@ -2,14 +2,27 @@
 """Speed and memory of a model family: PanopticDepthLab against what a user would otherwise run,
 HydraNet across runtimes, SegDep across vocabulary sizes, DepthCompletion against interpolation.
 
-In one run, same backbone, same input size, same machine:
+In one run, same backbone, same input size, same machine (``--model panoptic_depthlab``, the
+default; 512x1024 and 1024x2048 unless ``--sizes`` says otherwise):
 
 * ``panoptic_depthlab``: our model, full inference (panoptic post-processing + per-segment depth);
-* ``panoptic_deeplab``: detectron2's stock Panoptic-DeepLab built from the same config (the cost
-  of the depth branch is the difference);
+* ``panoptic_deeplab``: detectron2's stock Panoptic-DeepLab built from the same config, with our
+  size-adaptive ASPP image pooling (the cost of the depth branch is the difference);
+* ``panoptic_deeplab_stock``: the same, exactly as detectron2 builds it (its ASPP pools with the
+  training crop's fixed kernel; dropped, with the reason, below the crop size);
 * ``two_networks``: stock Panoptic-DeepLab plus a separate depth network with the same backbone
   and the same depth decoder, then per-segment depth (stitching two models by hand);
+* ``deployed`` (CPU): our model as ``tools/export_model.py --format onnx`` exports it at the input
+  size, run by onnxruntime through ``segdep_d2.modeling.deployed.load_deployed`` (what
+  ``--deployed PATH`` runs in train_net / visualize), post-processing included;
 * ``segment_depths``: the per-segment depth step alone, on our model's output.
+
+Besides ``vs_panoptic_deeplab``, ``vs_two_networks`` and ``segment_depth_fraction`` it writes
+``deployed_vs_stock_eager`` (deployed median / ``panoptic_deeplab_stock`` median; issue 15's target
+< 1.0), ``deployed_vs_stock_eager_same_pooling`` (over ``panoptic_deeplab``), ``deployed_vs_eager``
+(eager median / deployed median: the speed-up), ``deployed_parity`` (deployed against eager on the
+benchmark's input: argmax and panoptic agreement, relative depth difference, segment distances) and
+``targets``.
 
 Variants are timed interleaved (A, B, C, A, B, C, ...) so that machine drift hits them equally,
 and repetition i of every variant forms a pair. Each variant gets its median, min, max and
@@ -22,7 +35,7 @@ measured once per variant (see :func:`peak_memory_mb`).
 :func:`register_benchmark`). ``--config`` defaults to the family's config in this repository, found
 from the script's location (the tool runs from any folder).
 
-    python tools/benchmark.py --model panoptic_depthlab --height 512 --width 1024 \
+    python tools/benchmark.py --model panoptic_depthlab --height 512 --width 1024 --runs 5 \
         --output output/benchmark/panoptic_depthlab.json
 
 ``--model hydranet`` (default config: NYUDv2-40) times one HydraNet in several runtimes, full
@@ -213,11 +226,23 @@ def build_panoptic_depthlab_variants(cfg):
     """Callables running one inference of each variant on a list of inputs.
 
     All variants share the same weights (ours, loaded from MODEL.WEIGHTS when set): the stock
-    model gets our backbone and panoptic heads, the depth network our backbone and depth head.
+    models get our backbone and panoptic heads, the depth network our backbone and depth head.
     Identical predictions make the panoptic post-processing cost identical, so the difference in
-    time is the architecture's alone. The stock model's ASPPs get the same size-adaptive image
-    pooling as ours (:func:`segdep_d2.modeling.adapt_aspp_pooling`), so every size compares like
-    for like.
+    time is the architecture's (or the runtime's) alone.
+
+    * ``panoptic_depthlab``: our model in PyTorch eager, ``model(inputs)``;
+    * ``panoptic_deeplab``: detectron2's PanopticDeepLab with our size-adaptive ASPP image pooling
+      (:func:`segdep_d2.modeling.adapt_aspp_pooling`, the same module as ours): like for like at
+      every size, the depth branch's cost is the difference;
+    * ``panoptic_deeplab_stock``: detectron2's PanopticDeepLab exactly as detectron2 builds it
+      (``nn.AvgPool2d`` of the training crop's kernel: it runs at sizes no smaller than the crop and
+      is dropped, with detectron2's error, below it);
+    * ``two_networks``: stock Panoptic-DeepLab plus a separate depth network, then per-segment depth;
+    * ``deployed``: our model as users deploy it: ``tools/export_model.py --format onnx`` of these
+      weights, exported at the input's (padded) size on the first (warm-up) call, opened with
+      :func:`segdep_d2.modeling.deployed.load_deployed` (onnxruntime, ``--threads`` intra-op
+      threads) and called like the model: network in onnxruntime, panoptic grouping and
+      per-segment depth in Python.
     """
     torch.manual_seed(0)
     ours = build_model(cfg).eval()
@@ -226,6 +251,8 @@ def build_panoptic_depthlab_variants(cfg):
     stock_cfg = cfg.clone()
     stock_cfg.defrost()
     stock_cfg.MODEL.META_ARCHITECTURE = "PanopticDeepLab"
+    stock_unmodified = build_model(stock_cfg).eval()
+    stock_unmodified.load_state_dict(ours.state_dict(), strict=False)
     stock = build_model(stock_cfg).eval()
     adapt_aspp_pooling(stock)
     stock.load_state_dict(ours.state_dict(), strict=False)
@@ -239,7 +266,46 @@ def build_panoptic_depthlab_variants(cfg):
             segment_depths(p["panoptic_seg"][0], d["depth"])
         return panoptic, depth
 
-    return {"panoptic_depthlab": ours, "panoptic_deeplab": stock, "two_networks": two_networks}
+    runners = {"panoptic_depthlab": ours, "panoptic_deeplab": stock, "panoptic_deeplab_stock": stock_unmodified,
+               "two_networks": two_networks}
+    if cfg.MODEL.DEVICE == "cpu":  # onnxruntime's CPU provider; a GPU run times the eager variants
+        runners["deployed"] = _deployed_runner(cfg, ours)
+    return runners
+
+
+def _deployed_runner(cfg, model):
+    """``deployed``: on its first call, export ``model`` to ONNX at the call's padded image size
+    (a cropped-training config's ONNX file is static-size) into a temporary folder and open it with
+    ``load_deployed``; every call then runs the deployed model."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from segdep_d2.modeling.deployed import load_deployed
+    from segdep_d2.modeling.export import export_onnx
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from export_model import onnx_dynamic
+
+    deployed = {}
+
+    def prepare(inputs):
+        d = model._size_divisibility()
+        h, w = inputs[0]["image"].shape[-2:]
+        size = (h, w) if d <= 0 else (-(-h // d) * d, -(-w // d) * d)
+        if size not in deployed:
+            folder = tempfile.mkdtemp(prefix="segdep_benchmark_deployed_")
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            path = os.path.join(folder, "model.onnx")
+            export_onnx(model, cfg, *size, path, dynamic=onnx_dynamic(model))
+            deployed[size] = load_deployed(path, cfg, model=model, threads=torch.get_num_threads())
+        return deployed[size]
+
+    def run(inputs):
+        return prepare(inputs)(inputs)
+
+    run.prepare = prepare  # measure() exports before timing
+    return run
 
 
 build_variants = build_panoptic_depthlab_variants  # the name earlier versions exported
@@ -252,22 +318,76 @@ def _segment_depth_step(variant, outputs):
     return {"segment_depths": lambda: segment_depths(ids, outputs[0]["depth"])}
 
 
+def deployed_parity(eager_outputs, deployed_outputs):
+    """How far the deployed model's outputs are from the eager model's on one input: semantic
+    argmax agreement, the largest relative depth difference, whether the panoptic segments are the
+    same, and the largest difference of a segment's distance (metres) over the shared segments."""
+    eager, deployed = eager_outputs[0], deployed_outputs[0]
+    depth_error = ((deployed["depth"] - eager["depth"]).abs() / eager["depth"].abs().clamp(min=1e-6)).max()
+    eager_segments = {s["id"]: s for s in eager["panoptic_seg"][1]}
+    deployed_segments = {s["id"]: s for s in deployed["panoptic_seg"][1]}
+    shared = eager_segments.keys() & deployed_segments.keys()
+    return {
+        "argmax_agreement": float((eager["sem_seg"].argmax(0) == deployed["sem_seg"].argmax(0)).float().mean()),
+        "max_rel_diff_depth": float(depth_error),
+        "panoptic_agreement": float((eager["panoptic_seg"][0] == deployed["panoptic_seg"][0]).float().mean()),
+        "same_segments": eager_segments.keys() == deployed_segments.keys(),
+        "num_segments": len(eager_segments),
+        "max_abs_diff_segment_depth_m": max(
+            (abs(eager_segments[i]["depth"] - deployed_segments[i]["depth"]) for i in shared), default=0.0),
+    }
+
+
+def panoptic_depthlab_facts(cfg, runners, height, width):
+    """The deployed model against the eager one on the benchmark's input (``deployed_parity``)."""
+    if "deployed" not in runners:
+        return {}
+    inputs = make_inputs(argparse.Namespace(height=height, width=width))
+    with torch.no_grad():
+        return {"deployed_parity": deployed_parity(runners["panoptic_depthlab"](inputs), runners["deployed"](inputs))}
+
+
+def panoptic_depthlab_summary(report, args, height, width):
+    """Issue 15's target: the deployed model (panoptic + depth + per-segment distances) costs less
+    than detectron2's stock Panoptic-DeepLab (panoptic only) in eager mode."""
+    ratios = report["ratios"]
+    if "deployed_vs_stock_eager" not in ratios:
+        return {}
+    return {key: ratios[key] for key in DEPLOYED_RATIOS if key in ratios} | {"targets": {
+        "deployed_vs_stock_eager_below_1": ratios["deployed_vs_stock_eager"] < 1.0,
+        "note": "issue 15: deployed PanopticDepthLab median / stock Panoptic-DeepLab eager median < 1.0",
+    }}
+
+
+DEPLOYED_RATIOS = ("deployed_vs_stock_eager", "deployed_vs_stock_eager_same_pooling", "deployed_vs_eager")
 register_benchmark(
     "panoptic_depthlab",
     BenchmarkFamily(
         default_config="projects/PanopticDepthLab/configs/Cityscapes-PanopticDepth/"
         "panoptic_depthlab_R_52_os16_mg124_poly_90k_bs32_crop_512_1024.yaml",
-        variants=("panoptic_depthlab", "panoptic_deeplab", "two_networks"),
+        variants=("panoptic_depthlab", "panoptic_deeplab", "panoptic_deeplab_stock", "two_networks", "deployed"),
         build=build_panoptic_depthlab_variants,
         ratios={
             "vs_panoptic_deeplab": ("panoptic_depthlab", "panoptic_deeplab"),
             "vs_two_networks": ("panoptic_depthlab", "two_networks"),
             "segment_depth_fraction": ("segment_depths", "panoptic_depthlab"),
+            # deployed median / stock eager median (< 1: the deployed model is cheaper)
+            "deployed_vs_stock_eager": ("deployed", "panoptic_deeplab_stock"),
+            "deployed_vs_stock_eager_same_pooling": ("deployed", "panoptic_deeplab"),
+            # eager median / deployed median: the speed-up of deploying (> 1: faster)
+            "deployed_vs_eager": ("panoptic_depthlab", "deployed"),
         },
-        compared_to_one=("vs_panoptic_deeplab", "vs_two_networks"),
+        compared_to_one=("vs_panoptic_deeplab", "vs_two_networks", *DEPLOYED_RATIOS),
         followups=_segment_depth_step,
         describe=lambda outputs: {"segments_per_image": len(outputs[0]["panoptic_seg"][1])},
         cfg_overrides=("MODEL.PANOPTIC_DEEPLAB.PREDICT_INSTANCES", "False"),
+        # detectron2's own ASPP raises below the training crop's pooling kernel
+        optional_variants=("panoptic_deeplab_stock",),
+        facts=panoptic_depthlab_facts,
+        summarize=panoptic_depthlab_summary,
+        # torch's profiler does not see onnxruntime's allocations
+        memory_variants=("panoptic_depthlab", "panoptic_deeplab", "panoptic_deeplab_stock", "two_networks"),
+        extra_sizes=((1024, 2048),),
     ),
 )
 # ---- HydraNet: one network in three runtimes -----------------------------------------------------
@@ -1208,6 +1328,9 @@ def measure(args, family, cfg, height, width):
     inputs = family.inputs(args, cfg, height, width) if family.inputs is not None else make_inputs(args, height, width)
     runners = family.build(cfg)
     variants = [name for name in family.variants if name in runners]
+    for name in variants:  # one-time set-up at this input (an export), never timed
+        if hasattr(runners[name], "prepare"):
+            runners[name].prepare(inputs)
     latencies = {name: [] for name in variants}
     unavailable = {}
     facts = {}
