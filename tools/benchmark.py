@@ -6,6 +6,7 @@ In one run, same backbone, same input size, same machine (``--model panoptic_dep
 default; 512x1024 and 1024x2048 unless ``--sizes`` says otherwise):
 
 * ``panoptic_depthlab``: our model, full inference (panoptic post-processing + per-segment depth);
+* ``panoptic_depthlab_channels_last``: the same in ``torch.channels_last`` memory format;
 * ``panoptic_deeplab``: detectron2's stock Panoptic-DeepLab built from the same config, with our
   size-adaptive ASPP image pooling (the cost of the depth branch is the difference);
 * ``panoptic_deeplab_stock``: the same, exactly as detectron2 builds it (its ASPP pools with the
@@ -20,7 +21,8 @@ default; 512x1024 and 1024x2048 unless ``--sizes`` says otherwise):
 Besides ``vs_panoptic_deeplab``, ``vs_two_networks`` and ``segment_depth_fraction`` it writes
 ``deployed_vs_stock_eager`` (deployed median / ``panoptic_deeplab_stock`` median; issue 15's target
 < 1.0), ``deployed_vs_stock_eager_same_pooling`` (over ``panoptic_deeplab``), ``deployed_vs_eager``
-(eager median / deployed median: the speed-up), ``deployed_parity`` (deployed against eager on the
+(eager median / deployed median: the speed-up), ``channels_last_vs_eager`` (eager median /
+channels-last median), ``deployed_parity`` (deployed against eager on the
 benchmark's input: argmax and panoptic agreement, relative depth difference, segment distances) and
 ``targets``.
 
@@ -96,6 +98,7 @@ exportable DepthCompletion network.
     python tools/benchmark.py --model depth_completion --output benchmarks/depth_completion_kitti_352x1216_cpu.json
 """
 import argparse
+import copy
 import itertools
 import json
 import os
@@ -231,6 +234,8 @@ def build_panoptic_depthlab_variants(cfg):
     time is the architecture's (or the runtime's) alone.
 
     * ``panoptic_depthlab``: our model in PyTorch eager, ``model(inputs)``;
+    * ``panoptic_depthlab_channels_last``: the same weights in ``torch.channels_last`` (oneDNN then
+      convolves without reordering every activation to and from its blocked layout);
     * ``panoptic_deeplab``: detectron2's PanopticDeepLab with our size-adaptive ASPP image pooling
       (:func:`segdep_d2.modeling.adapt_aspp_pooling`, the same module as ours): like for like at
       every size, the depth branch's cost is the difference;
@@ -266,8 +271,9 @@ def build_panoptic_depthlab_variants(cfg):
             segment_depths(p["panoptic_seg"][0], d["depth"])
         return panoptic, depth
 
-    runners = {"panoptic_depthlab": ours, "panoptic_deeplab": stock, "panoptic_deeplab_stock": stock_unmodified,
-               "two_networks": two_networks}
+    runners = {"panoptic_depthlab": ours,
+               "panoptic_depthlab_channels_last": copy.deepcopy(ours).to(memory_format=torch.channels_last),
+               "panoptic_deeplab": stock, "panoptic_deeplab_stock": stock_unmodified, "two_networks": two_networks}
     if cfg.MODEL.DEVICE == "cpu":  # onnxruntime's CPU provider; a GPU run times the eager variants
         runners["deployed"] = _deployed_runner(cfg, ours)
     return runners
@@ -359,13 +365,15 @@ def panoptic_depthlab_summary(report, args, height, width):
     }}
 
 
-DEPLOYED_RATIOS = ("deployed_vs_stock_eager", "deployed_vs_stock_eager_same_pooling", "deployed_vs_eager")
+DEPLOYED_RATIOS = ("deployed_vs_stock_eager", "deployed_vs_stock_eager_same_pooling", "deployed_vs_eager",
+                   "channels_last_vs_eager")
 register_benchmark(
     "panoptic_depthlab",
     BenchmarkFamily(
         default_config="projects/PanopticDepthLab/configs/Cityscapes-PanopticDepth/"
         "panoptic_depthlab_R_52_os16_mg124_poly_90k_bs32_crop_512_1024.yaml",
-        variants=("panoptic_depthlab", "panoptic_deeplab", "panoptic_deeplab_stock", "two_networks", "deployed"),
+        variants=("panoptic_depthlab", "panoptic_depthlab_channels_last", "panoptic_deeplab", "panoptic_deeplab_stock",
+                  "two_networks", "deployed"),
         build=build_panoptic_depthlab_variants,
         ratios={
             "vs_panoptic_deeplab": ("panoptic_depthlab", "panoptic_deeplab"),
@@ -376,6 +384,7 @@ register_benchmark(
             "deployed_vs_stock_eager_same_pooling": ("deployed", "panoptic_deeplab"),
             # eager median / deployed median: the speed-up of deploying (> 1: faster)
             "deployed_vs_eager": ("panoptic_depthlab", "deployed"),
+            "channels_last_vs_eager": ("panoptic_depthlab", "panoptic_depthlab_channels_last"),
         },
         compared_to_one=("vs_panoptic_deeplab", "vs_two_networks", *DEPLOYED_RATIOS),
         followups=_segment_depth_step,
@@ -386,7 +395,8 @@ register_benchmark(
         facts=panoptic_depthlab_facts,
         summarize=panoptic_depthlab_summary,
         # torch's profiler does not see onnxruntime's allocations
-        memory_variants=("panoptic_depthlab", "panoptic_deeplab", "panoptic_deeplab_stock", "two_networks"),
+        memory_variants=("panoptic_depthlab", "panoptic_depthlab_channels_last", "panoptic_deeplab",
+                         "panoptic_deeplab_stock", "two_networks"),
         extra_sizes=((1024, 2048),),
     ),
 )
@@ -435,7 +445,6 @@ def build_hydranet_variants(cfg):
     dynamic; every size of a run uses the same files; the two labels variants share one).
     """
     import atexit
-    import copy
     import shutil
     import tempfile
 
@@ -705,7 +714,6 @@ class SeparateNetworks(nn.Module):
 
     def __init__(self, segdep):
         super().__init__()
-        import copy
 
         def encoder():
             return nn.Sequential(copy.deepcopy(segdep.backbone), copy.deepcopy(segdep.neck))
@@ -739,7 +747,6 @@ def _with_own_text_cache(model):
     """``model`` with the same modules and weights, except a text encoder object whose prompt cache
     (and its statistics) is its own (its text tower is the same module): clearing it before every
     cold run leaves the warm variants' cache untouched."""
-    import copy
 
     encoder = copy.copy(model.text_encoder)
     encoder._cache = OrderedDict()

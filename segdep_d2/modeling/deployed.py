@@ -58,7 +58,7 @@ class DeployedModel(nn.Module):
             return exported_inference(self._run, self.model, batched_inputs, pads_input=self.pads_input)
 
     def _run(self, images):
-        outputs = self.network(images)
+        outputs = self.network(images.to(self.device))  # a torch program runs where the model was built
         return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
 
 
@@ -109,8 +109,9 @@ def load_deployed(path, cfg, model=None, threads=None, spinning=False) -> Deploy
     refuses a file exported from another config; ``threads`` its intra-op threads (default: torch's
     thread count), ``spinning=False``: its idle workers sleep, so the Python post-processing that
     follows every run has the cores. ``.pt2``: ``torch.export.load(path).module()``; ``.ts``:
-    ``torch.jit.load``. ``model``: the eager model whose ``postprocess`` is used (built from ``cfg``
-    on the CPU when not given; its weights are not used).
+    ``torch.jit.load``, on ``cfg.MODEL.DEVICE`` (export on that device). ``model``: the eager model
+    whose ``postprocess`` is used (built from ``cfg`` when not given, on the CPU for ONNX; its weights
+    are not used).
     """
     path = deployed_file(path)
     suffix = os.path.splitext(path)[1]
@@ -120,17 +121,18 @@ def load_deployed(path, cfg, model=None, threads=None, spinning=False) -> Deploy
     if model is None:
         from detectron2.modeling import build_model
 
-        cpu_cfg = cfg.clone()
-        cpu_cfg.defrost()
-        cpu_cfg.MODEL.DEVICE = "cpu"
-        model = build_model(cpu_cfg)
+        model_cfg = cfg.clone()
+        model_cfg.defrost()
+        if fmt == "onnx":  # onnxruntime's CPU provider: outputs come back as CPU tensors
+            model_cfg.MODEL.DEVICE = "cpu"
+        model = build_model(model_cfg)
     model = model.eval()
     if fmt == "onnx":
         onnx_model = load_onnx_model(path, cfg, model=model, threads=threads or torch.get_num_threads(),
                                      spinning=spinning)
         return DeployedModel(onnx_model.network, model, path, "onnxruntime", onnx_model.pads_input)
     _check_export_info(path, cfg)
-    network = torch.export.load(path).module() if fmt == "torch_export" else torch.jit.load(path, map_location="cpu")
+    network = torch.export.load(path).module() if fmt == "torch_export" else torch.jit.load(path, map_location=model.device)
     from .export import NETWORKS
 
     pads_input = getattr(NETWORKS.get(cfg.MODEL.META_ARCHITECTURE), "pads_input", False)

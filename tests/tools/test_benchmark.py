@@ -13,10 +13,12 @@ CPU_CONFIG = os.path.join(
     REPO_ROOT, "projects/PanopticDepthLab/configs/Synthetic-PanopticDepth/panoptic_depthlab_R_18_os32_cpu.yaml"
 )
 CITYSCAPES_CONFIG = "projects/PanopticDepthLab/configs/Cityscapes-PanopticDepth/panoptic_depthlab_R_52_os16_mg124_poly_90k_bs32_crop_512_1024.yaml"
-VARIANTS = ("panoptic_depthlab", "panoptic_deeplab", "panoptic_deeplab_stock", "two_networks", "deployed")
+VARIANTS = ("panoptic_depthlab", "panoptic_depthlab_channels_last", "panoptic_deeplab", "panoptic_deeplab_stock",
+            "two_networks", "deployed")
 DEPLOYED_RATIOS = {"deployed_vs_stock_eager": ("deployed", "panoptic_deeplab_stock"),
                    "deployed_vs_stock_eager_same_pooling": ("deployed", "panoptic_deeplab"),
-                   "deployed_vs_eager": ("panoptic_depthlab", "deployed")}
+                   "deployed_vs_eager": ("panoptic_depthlab", "deployed"),
+                   "channels_last_vs_eager": ("panoptic_depthlab", "panoptic_depthlab_channels_last")}
 
 
 def _check_spread(stats, values):
@@ -156,8 +158,9 @@ def test_benchmark_runs_from_another_folder_with_the_default_config(tmp_path):
     assert "deployed_vs_stock_eager" not in report["ratios"] and "targets" not in report
     assert report["ratio_spread"]["vs_panoptic_deeplab"]["paired_iqr"] == 0
     assert report["spread_narrower_than_difference"] is False  # one repetition: flagged, not claimed
-    # vs_panoptic_deeplab, vs_two_networks, deployed_vs_stock_eager_same_pooling, deployed_vs_eager
-    assert all("single repetition" in w for w in report["warnings"]) and len(report["warnings"]) == 4
+    # vs_panoptic_deeplab, vs_two_networks, deployed_vs_stock_eager_same_pooling, deployed_vs_eager,
+    # channels_last_vs_eager
+    assert all("single repetition" in w for w in report["warnings"]) and len(report["warnings"]) == 5
 
 
 def test_benchmark_below_the_training_crop_size(benchmark_tool, tmp_path):
