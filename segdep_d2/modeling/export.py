@@ -3,19 +3,41 @@ and ONNX, and the ONNX file's loader.
 
 The exported graph holds normalisation and the network; what is data-dependent Python stays
 outside it: PanopticDepthLab's panoptic grouping (detectron2's ``get_panoptic_segmentation``) and
-per-segment depth, and for every family the crop / resize back to the input's original size. Run
-the exported network, then ``model.postprocess(...)`` (or your own port of it) on its outputs;
-:func:`exported_inference` does exactly that for any network callable.
+per-segment depth, SegDep's text tower, closed-set regions, named segments and referring answers,
+the temporal state's bookkeeping, and for every family the crop / resize back to the input's
+original size. Run the exported network, then ``model.postprocess(...)`` (or your own port of it)
+on its outputs; :func:`exported_inference` does exactly that for any network callable.
 
-* **PanopticDepthLab** (:class:`PanopticDepthLabNetwork`): outputs ``sem_seg_logits``,
+* **PanopticDepthLab** (:class:`PanopticDepthLabNetwork`): ``images`` -> ``sem_seg_logits``,
   ``center_heatmap``, ``offsets``, ``depth``; H and W must be multiples of the backbone's size
   divisibility.
-* **HydraNet** (:class:`HydraNetNetwork`): outputs ``sem_seg_logits`` and ``depth`` (metres) at the
-  input size padded up to a multiple of 32 (the padding happens inside the graph, so any H x W
+* **HydraNet** (:class:`HydraNetNetwork`): ``images`` -> ``sem_seg_logits`` and ``depth`` (metres) at
+  the input size padded up to a multiple of 32 (the padding happens inside the graph, so any H x W
   goes in; ``model.postprocess(sem, depth, inputs, [(H, W)])`` crops it away). The ONNX export
   has dynamic batch, height and width. ``outputs="labels"`` exports the real-time deployment
   instead: ``sem_seg_labels`` (N, Hp, Wp) int64, the per-pixel argmax of the full-resolution
   logits, computed in the graph, and ``depth`` (no 40 x H x W logit maps leave the graph).
+* **DepthCompletion** (:class:`DepthCompletionNetwork`): ``images``, ``sparse_depth`` (N, H, W metres,
+  0 = no point) and, when the config feeds labels (``SEMANTIC_INPUT: "labels"``), ``semantics`` (the
+  record's label map, (N, H, W) int64, ``ignore_value`` = unlabelled) -> ``depth`` (N, 1, Hp, Wp metres,
+  the finest prediction, before ``postprocess``'s clamp to the depth range) and, with
+  ``PREDICT_CONFIDENCE``, ``confidence_logits`` (``postprocess`` applies the sigmoid). All three
+  inputs are padded in the graph (images 0 after normalisation, sparse depth 0 = no point, labels
+  ``ignore_value``); with ``SEMANTIC_INPUT: "guide"`` the frozen segmentation model's exported network
+  runs inside the graph too (its logits cropped to the image, softmax, zero in the padding, as
+  ``semantic_probabilities``). ``model.postprocess(depth, confidence_or_None, inputs, [(H, W)])``.
+* **SegDep** (:class:`SegDepNetwork`): ``images`` and ``text_embeddings`` (C', D): the vocabulary's
+  prompt embeddings, ``model.text_embeddings(names)`` (the CLIP text tower stays outside the graph: run
+  it once per vocabulary) -> ``sem_seg_logits`` (N, C, Hp, Wp), ``depth`` (N, 1, Hp, Wp metres) and
+  ``open_vocab_logits`` (N, C', Hp, Wp), at the padded size (padding in the graph, as HydraNet). C' is
+  dynamic in every format. With ``MODEL.SEGDEP.TEMPORAL`` two more inputs, ``prev_features`` (N, C_fpn,
+  Hp/4, Wp/4: the previous frame's ``features`` output) and ``has_prev`` (N,) bool, and one more
+  output, ``features`` (the current frame's unrefined FPN features): the caller keeps the state
+  (:meth:`SegDep.temporal_previous` / :meth:`SegDep.temporal_store` decide, as the eager model does);
+  ``has_prev`` False gives exactly the plain path (the motion module still runs, its result unused).
+  ``outputs="referring"`` adds the input ``query_embeddings`` (Q, D: ``model.text_encoder.encode(texts)``,
+  Q dynamic) and the output ``referring_logits`` (1, Q, Hp, Wp) mask logits (batch 1: the referring head
+  answers one image's queries); ``SegDep._referring_answers`` turns them into answers outside the graph.
 
 The ONNX file gets exact reformulations that onnxruntime's CPU kernels run faster
 (:func:`rewrite_onnx_for_cpu`: HydraNet by default); the arithmetic is the same up to float
@@ -23,11 +45,12 @@ summation order, and the export's parity check measures the file that is written
 
 An ONNX file carries the config it was exported from (:func:`config_fingerprint`) in its
 ``metadata_props``; :func:`load_onnx_model` refuses a file whose fingerprint differs from the
-config it is used with (another number of classes, another family, other outputs, ...).
+config it is used with (another number of classes, another family, other inputs or outputs, ...).
 """
 import json
 import os
-from typing import Dict, Tuple
+from collections import OrderedDict
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -36,15 +59,20 @@ from torch.nn import functional as F
 __all__ = [
     "PanopticDepthLabNetwork",
     "HydraNetNetwork",
+    "DepthCompletionNetwork",
+    "SegDepNetwork",
     "network_for",
     "export_network",
     "export_panoptic_depthlab",
     "save_exported",
     "export_onnx",
     "onnx_parity",
+    "parity_metrics",
+    "parity_summary",
     "rewrite_onnx_for_cpu",
     "config_fingerprint",
     "read_onnx_fingerprint",
+    "read_onnx_metadata",
     "load_onnx_model",
     "OnnxInference",
     "exported_inference",
@@ -53,18 +81,49 @@ __all__ = [
 OUTPUT_NAMES = ("sem_seg_logits", "center_heatmap", "offsets", "depth")  # PanopticDepthLab's
 HYDRANET_OUTPUT_NAMES = ("sem_seg_logits", "depth")
 HYDRANET_LABEL_OUTPUT_NAMES = ("sem_seg_labels", "depth")  # outputs="labels": the real-time deployment
-# What an exported network can output: "logits" (every family: what model(inputs) computes) or
-# "labels" (HydraNet: the argmax in the graph instead of the C full-resolution logit maps).
+SEGDEP_OUTPUT_NAMES = ("sem_seg_logits", "depth", "open_vocab_logits")
+# What an exported network can output: "logits" (every family: what model(inputs) computes),
+# "labels" (HydraNet: the argmax in the graph instead of the C full-resolution logit maps) or
+# "referring" (SegDep: "logits" + the referring head's mask logits). DepthCompletion's and SegDep's
+# names also depend on the config (confidence, temporal state): see :func:`output_names_for`.
 OUTPUT_KINDS = {"PanopticDepthLab": {"logits": OUTPUT_NAMES},
-                "HydraNet": {"logits": HYDRANET_OUTPUT_NAMES, "labels": HYDRANET_LABEL_OUTPUT_NAMES}}
+                "HydraNet": {"logits": HYDRANET_OUTPUT_NAMES, "labels": HYDRANET_LABEL_OUTPUT_NAMES},
+                "DepthCompletion": {"logits": ("depth",)},
+                "SegDep": {"logits": SEGDEP_OUTPUT_NAMES, "referring": SEGDEP_OUTPUT_NAMES + ("referring_logits",)}}
 INPUT_NAME = "images"
 ONNX_OPSET = 17
 FINGERPRINT_KEY = "segdep_d2.config"  # the ONNX metadata_props key holding config_fingerprint(cfg)
 # What a file and a config must agree on before the file is used with the config.
 CHECKED_FINGERPRINT_KEYS = ("meta_architecture", "num_classes", "output_names", "input_format", "max_depth")
-# The parity an ONNX export must reach against the eager network (DESIGN/issue 11's targets).
+# ... plus, for the families with more than an image input (absent from older PanopticDepthLab /
+# HydraNet files, which keep their fingerprint):
+FAMILY_FINGERPRINT_KEYS = {"DepthCompletion": ("input_names", "semantic_input"),
+                           "SegDep": ("input_names", "clip_model")}
+# The parity an export must reach against the eager network (DESIGN/issue 11's targets).
 MAX_ABS_DIFF_DEPTH = 1e-3  # metres
 MIN_ARGMAX_AGREEMENT = 0.999
+# Outputs compared by label agreement (the argmax over channels; referring: the mask, logit > 0).
+AGREEMENT_KEYS = {"sem_seg_logits": "argmax_agreement", "sem_seg_labels": "argmax_agreement",
+                  "open_vocab_logits": "open_vocab_argmax_agreement", "referring_logits": "referring_mask_agreement"}
+
+
+def _divisibility(model) -> int:
+    """The size divisibility the model pads its input to (0: none)."""
+    if hasattr(model, "_size_divisibility"):
+        return int(model._size_divisibility())
+    return int(model.size_divisibility)
+
+
+def _pad_amounts(x, d):
+    """F.pad's (left, right, top, bottom) taking ``x`` (..., H, W) up to multiples of ``d``, as
+    ``ImageList.from_tensors`` pads (bottom / right). Traced shape arithmetic: stays dynamic in the
+    ONNX graph (Shape -> Mod -> Pad)."""
+    h, w = x.shape[-2:]
+    return (0, (d - w % d) % d, 0, (d - h % d) % d)
+
+
+def _random_images(model, batch, height, width, generator):
+    return (torch.rand(batch, 3, height, width, generator=generator) * 255).to(model.device)
 
 
 class PanopticDepthLabNetwork(nn.Module):
@@ -76,6 +135,7 @@ class PanopticDepthLabNetwork(nn.Module):
     depth (N, 1, H, W) metres)``.
     """
 
+    input_names = (INPUT_NAME,)
     output_names = OUTPUT_NAMES
     pads_input = False
 
@@ -86,6 +146,13 @@ class PanopticDepthLabNetwork(nn.Module):
     def forward(self, images):
         x = (images - self.model.pixel_mean) / self.model.pixel_std
         return self.model.network_outputs(self.model.backbone(x))
+
+    def example_inputs(self, height, width, seed=0):
+        """A random (1, 3, height, width) image in 0-255, as a tuple of the network's inputs."""
+        return (_random_images(self.model, 1, height, width, torch.Generator().manual_seed(seed)),)
+
+    def dynamic_axes(self):
+        return _image_axes(self.input_names, self.output_names)
 
 
 class HydraNetNetwork(nn.Module):
@@ -103,6 +170,7 @@ class HydraNetNetwork(nn.Module):
     too and returns ``sem_seg_labels``).
     """
 
+    input_names = (INPUT_NAME,)
     output_names = HYDRANET_OUTPUT_NAMES  # the default; an instance's follows its ``outputs``
     pads_input = True
 
@@ -115,17 +183,292 @@ class HydraNetNetwork(nn.Module):
 
     def forward(self, images):
         x = (images - self.model.pixel_mean) / self.model.pixel_std
-        d = self.model._size_divisibility()
-        h, w = x.shape[-2:]
-        # Traced shape arithmetic: stays dynamic in the ONNX graph (Shape -> Mod -> Pad).
-        x = F.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d))
+        x = F.pad(x, _pad_amounts(x, self.model._size_divisibility()))
         sem, depth = self.model.network_outputs(x)
         if self.outputs == "labels":
             sem = sem.argmax(1)
         return sem, depth
 
+    example_inputs = PanopticDepthLabNetwork.example_inputs
 
-NETWORKS = {"PanopticDepthLab": PanopticDepthLabNetwork, "HydraNet": HydraNetNetwork}
+    def dynamic_axes(self):
+        return _image_axes(self.input_names, self.output_names)
+
+
+def _image_axes(input_names, output_names):
+    """ONNX dynamic axes of the image families: batch, height, width of every input and output
+    (``sem_seg_labels`` has no channel axis)."""
+    axes = {name: {0: "batch", 2: "height", 3: "width"} for name in (*input_names, *output_names)}
+    if "sem_seg_labels" in axes:  # (N, H, W)
+        axes["sem_seg_labels"] = {0: "batch", 1: "height", 2: "width"}
+    return axes
+
+
+class DepthCompletionNetwork(nn.Module):
+    """A DepthCompletion's normalisation, padding, semantic encoding (one-hot of the labels, or the
+    guide's softmax), sparse stem, encoder and decoder: what ``model(inputs)`` computes before its
+    crop and clamp.
+
+    ``forward(images, sparse_depth[, semantics])``:
+
+    * ``images`` (N, 3, H, W) float pixels in the model's input format (0-255), any H and W;
+    * ``sparse_depth`` (N, H, W) float metres, 0 = no point (what ``network_outputs`` takes);
+    * ``semantics``, only when the network reads them as an input: (N, H, W) int64 labels of the
+      record (``SEMANTIC_INPUT: "labels"``; ``ignore_value`` = unlabelled, as are labels outside
+      ``[0, K)``, where the eager model raises) or, built with ``semantics="probabilities"``, the
+      (N, K, H, W) class maps ``model.preprocess`` computes (what ``tools/benchmark.py`` counts FLOPs on).
+
+    Every input is padded in the graph to ``model.size_divisibility`` (images with 0 after
+    normalisation, sparse depth with 0 = no point, labels with ``ignore_value``, class maps with 0).
+    With ``SEMANTIC_INPUT: "guide"`` the frozen guide's exported network (:func:`network_for`) runs on
+    the same images inside the graph: its logits cropped to H x W, softmax over the classes, 0 in the
+    padding, as ``DepthCompletion.semantic_probabilities``.
+
+    Returns ``depth`` (N, 1, Hp, Wp) metres, the finest of the five predictions at the padded size
+    (not yet clamped to the depth range: ``model.postprocess`` clamps), and with
+    ``PREDICT_CONFIDENCE`` ``confidence_logits`` (N, 1, Hp, Wp). The coarser predictions only serve
+    training; they are not outputs (ONNX drops their branches).
+    """
+
+    pads_input = True
+    SEMANTICS = ("labels", "guide", "probabilities")
+
+    def __init__(self, model, outputs="logits", semantics=None):
+        super().__init__()
+        _check_outputs("DepthCompletion", outputs)
+        self.model = model
+        kind = model.semantic_input if semantics is None else semantics
+        if kind != "none" and (kind not in self.SEMANTICS or model.semantic_input == "none"):
+            raise ValueError(
+                f"semantics={semantics!r}: the model's SEMANTIC_INPUT is {model.semantic_input!r}; expected None "
+                f"(the model's own) or, for a model with semantic input, one of {self.SEMANTICS}"
+            )
+        self.semantics = kind
+        self.guide = None
+        if kind == "guide":
+            self.guide = network_for(model.guide)
+            if self.guide.input_names != (INPUT_NAME,) or "sem_seg_logits" not in self.guide.output_names:
+                raise ValueError(f"the guide ({type(model.guide).__name__}) has no image-only exportable network "
+                                 "with sem_seg_logits")
+        semantic_inputs = ("semantics",) if kind in ("labels", "probabilities") else ()
+        self.input_names = (INPUT_NAME, "sparse_depth") + semantic_inputs
+        self.output_names = ("depth",) + (("confidence_logits",) if model.predict_confidence else ())
+
+    def forward(self, images, sparse_depth, semantics=None):
+        model = self.model
+        if sparse_depth.dim() != 3:
+            raise ValueError(f"sparse_depth must be (N, H, W) metres, got {tuple(sparse_depth.shape)}")
+        if (semantics is None) != (len(self.input_names) == 2):
+            raise ValueError(f"this network takes inputs {list(self.input_names)}")
+        pad = _pad_amounts(images, model.size_divisibility)
+        x = F.pad((images - model.pixel_mean) / model.pixel_std, pad)
+        sparse = F.pad(sparse_depth.to(x.dtype), pad)
+        depths, confidence = model.network_outputs(x, sparse, self._class_maps(images, semantics, pad))
+        return (depths[-1],) if confidence is None else (depths[-1], confidence)
+
+    def _class_maps(self, images, semantics, pad):
+        """(N, K, Hp, Wp) class maps at the padded size, or None without semantic input."""
+        model = self.model
+        if self.semantics == "none":
+            return None
+        if self.semantics == "labels":
+            labels = F.pad(semantics.long(), pad, value=model.ignore_value)
+            classes = torch.arange(model.num_classes, device=labels.device).view(1, -1, 1, 1)
+            # exact one-hot; ignore_value (and any label outside [0, K)) matches no class: all 0
+            return (labels.unsqueeze(1) == classes).to(images.dtype)
+        if self.semantics == "probabilities":
+            return F.pad(semantics.to(images.dtype), pad)
+        guide_images = images
+        if not self.guide.pads_input and _divisibility(model.guide) > 0:
+            # pixel-mean padding normalises to the 0 the guide's model pads with (as exported_inference)
+            mean = model.guide.pixel_mean
+            guide_images = F.pad(images - mean, _pad_amounts(images, _divisibility(model.guide))) + mean
+        outputs = dict(zip(self.guide.output_names, self.guide(guide_images)))
+        h, w = images.shape[-2:]
+        probabilities = outputs["sem_seg_logits"][:, :, :h, :w].float().softmax(dim=1)
+        return F.pad(probabilities, pad)
+
+    def example_inputs(self, height, width, seed=0):
+        """Random inputs at ``height`` x ``width``: an image, about 5 % of the pixels with a depth in
+        the model's range, and the semantic input (labels with some unlabelled pixels, or class maps)."""
+        model = self.model
+        g = torch.Generator().manual_seed(seed)
+        images = _random_images(model, 1, height, width, g)
+        lo, hi = max(model.min_depth, 0.5), 0.9 * model.max_depth
+        points = torch.rand(1, height, width, generator=g) < 0.05
+        sparse = torch.where(points, lo + (hi - lo) * torch.rand(1, height, width, generator=g), torch.zeros(()))
+        inputs = [images, sparse.to(model.device)]
+        if self.semantics == "labels":
+            labels = torch.randint(0, model.num_classes, (1, height, width), generator=g)
+            labels[torch.rand(1, height, width, generator=g) < 0.1] = model.ignore_value
+            inputs.append(labels.to(model.device))
+        elif self.semantics == "probabilities":
+            inputs.append(torch.rand(1, model.num_classes, height, width, generator=g).softmax(1).to(model.device))
+        return tuple(inputs)
+
+    def dynamic_axes(self):
+        axes = _image_axes((INPUT_NAME,), self.output_names)
+        axes["sparse_depth"] = {0: "batch", 1: "height", 2: "width"}
+        if self.semantics == "labels":
+            axes["semantics"] = {0: "batch", 1: "height", 2: "width"}
+        elif self.semantics == "probabilities":
+            axes["semantics"] = {0: "batch", 2: "height", 3: "width"}
+        return axes
+
+
+class SegDepNetwork(nn.Module):
+    """A SegDep's normalisation, padding, HRNet + FPN, closed-set and depth heads, and the
+    open-vocabulary branch (text-vision fusion + head) for a vocabulary given as a tensor.
+
+    ``forward(images, text_embeddings[, prev_features, has_prev][, query_embeddings])``:
+
+    * ``images`` (N, 3, H, W) float pixels in the model's input format (0-255), any H and W (zero
+      padding to the size divisibility after normalisation, in the graph, as ``preprocess_image``);
+    * ``text_embeddings`` (C', D): ``model.text_embeddings(names)`` of the vocabulary asked about (the
+      CLIP text tower stays outside the graph; C' is dynamic);
+    * temporal configs (``MODEL.SEGDEP.TEMPORAL``): ``prev_features`` (N, C_fpn, Hp/4, Wp/4), the
+      ``features`` output of the sequence's previous frame, and ``has_prev`` (N,) bool: True refines the
+      frame with them (motion head, warp, gated fusion), False gives exactly the plain path;
+    * ``outputs="referring"``: ``query_embeddings`` (Q, D), ``model.text_encoder.encode(texts)``.
+
+    Returns ``sem_seg_logits`` (N, C, Hp, Wp), ``depth`` (N, 1, Hp, Wp metres), ``open_vocab_logits``
+    (N, C', Hp, Wp), at the padded size; temporal: ``features`` (N, C_fpn, Hp/4, Wp/4), the current
+    frame's unrefined FPN features (the next frame's ``prev_features``); referring: ``referring_logits``
+    (1, Q, Hp, Wp), each query's mask logits for the (single) image. The referring pixels fuse the
+    features with the training vocabulary, whose embeddings are computed when the network is built and
+    kept in the graph as a constant.
+    """
+
+    pads_input = True
+
+    # The model's modules the graph runs. The model itself is no submodule of the network: its CLIP
+    # text tower (ViT-B-32: 250 MB) would be saved, unused, in every .pt2 / .ts file.
+    GRAPH_MODULES = ("backbone", "neck", "fusion", "sem_seg_head", "depth_head", "open_vocab_head",
+                     "referring_head", "motion_head", "temporal_fusion")
+
+    def __init__(self, model, outputs="logits"):
+        super().__init__()
+        _check_outputs("SegDep", outputs)
+        self.graph_modules = nn.ModuleDict(
+            {name: getattr(model, name) for name in self.GRAPH_MODULES if getattr(model, name) is not None}
+        )
+        self.__dict__["model"] = model  # a plain attribute (see GRAPH_MODULES): its methods run the graph
+        self.outputs = outputs
+        self.temporal = bool(model.temporal)
+        self.referring = outputs == "referring"
+        self.input_names = _segdep_names((INPUT_NAME, "text_embeddings"), ("prev_features", "has_prev"),
+                                         ("query_embeddings",), self.temporal, self.referring)
+        self.output_names = _segdep_names(SEGDEP_OUTPUT_NAMES, ("features",), ("referring_logits",),
+                                          self.temporal, self.referring)
+        if self.referring:
+            with torch.no_grad():
+                train_text = model.text_embeddings(model.train_names).detach().clone()
+            self.register_buffer("train_text_embeddings", train_text, persistent=False)
+
+    def forward(self, images, text_embeddings, *extra):
+        from .meta_arch.segdep import _upsample
+
+        model = self.model
+        extra = list(extra)
+        x = (images - model.pixel_mean) / model.pixel_std
+        x = F.pad(x, _pad_amounts(x, model.size_divisibility))
+        size = x.shape[-2:]
+        features = model.features(x)
+        current = features
+        if self.temporal:
+            prev_features, has_prev = extra.pop(0), extra.pop(0)
+            refined = model.temporal_refine(prev_features, features)[0]
+            # exact: a frame without a previous one takes the unrefined features, as eager does
+            current = torch.where(has_prev.view(-1, 1, 1, 1).bool(), refined, features)
+        sem, depth = model.dense_outputs(current, size)
+        open_vocab = _upsample(model.open_vocab_outputs(current, text_embeddings)[1], size)
+        outputs = [sem, depth, open_vocab]
+        if self.temporal:
+            outputs.append(features)
+        if self.referring:
+            outputs.append(self._referring_logits(images, x, current, depth, extra.pop(0)))
+        return tuple(outputs)
+
+    def _referring_logits(self, images, padded, features, depth, queries):
+        """(1, Q, Hp, Wp) mask logits of one image's queries, as ``SegDep.answer`` computes them before
+        the crop. Where the image lies inside the padding (the coordinates' extent, the attention's
+        valid pixels) comes from a padded map of ones, so it stays dynamic in every format."""
+        from .meta_arch.segdep import _upsample
+
+        model = self.model
+        head = model.referring_head
+        fused = model.fusion(features, self.train_text_embeddings)
+        h, w = fused.shape[-2:]
+        stride = padded.shape[-1] // w  # the FPN's (4); the padded size is a multiple of it
+        inside = F.pad(torch.ones_like(images[:, :1]), _pad_amounts(images, model.size_divisibility))
+        # (N, 2) image rows / columns in feature pixels (SegDep._referring_pixels' extents)
+        extents = torch.stack([inside[:, 0, :, 0].sum(-1), inside[:, 0, 0, :].sum(-1)], dim=1) / stride
+        # a feature pixel is valid when its cell covers an image pixel (SegDep._feature_valid)
+        valid = F.max_pool2d(inside, stride)[:, 0] > 0
+        # avg_pool2d = adaptive_avg_pool2d here (the padded size is stride x the feature size)
+        pixels = head.pixel_embeddings(fused, F.avg_pool2d(depth.float(), stride), extents)
+        keys, values = head.memory(pixels)
+        low = head(pixels[0], queries, valid[0], (keys[0], values[0]))
+        return _upsample(low[None].float(), padded.shape[-2:])
+
+    def feature_shape(self, height, width):
+        """(C_fpn, Hp/4, Wp/4): the ``features`` / ``prev_features`` of an image of height x width."""
+        return _segdep_feature_shape(self.model, height, width)
+
+    def example_inputs(self, height, width, seed=0):
+        """Random inputs at ``height`` x ``width``: an image, a random vocabulary of unit vectors (the
+        model's class count for seed 0, about half of it otherwise, so that a second check runs another
+        C'), random previous features with ``has_prev`` True for seed 0 and False otherwise, and 3 (or 2)
+        random query embeddings."""
+        model = self.model
+        g = torch.Generator().manual_seed(seed)
+        dim = model.text_encoder.embed_dim
+        classes = len(model.class_names) if seed == 0 else max(2, len(model.class_names) // 2 + 1)
+        inputs = [_random_images(model, 1, height, width, g),
+                  F.normalize(torch.randn(classes, dim, generator=g), dim=-1).to(model.device)]
+        if self.temporal:
+            inputs.append(torch.randn(1, *self.feature_shape(height, width), generator=g).to(model.device))
+            inputs.append(torch.tensor([seed == 0], device=model.device))
+        if self.referring:
+            inputs.append(F.normalize(torch.randn(3 if seed == 0 else 2, dim, generator=g), dim=-1).to(model.device))
+        return tuple(inputs)
+
+    def dynamic_axes(self):
+        # Referring answers one image's queries: batch 1 there, dynamic otherwise.
+        batch = {} if self.referring else {0: "batch"}
+        axes = {name: {**batch, 2: "height", 3: "width"} for name in (INPUT_NAME, "sem_seg_logits", "depth")}
+        axes["text_embeddings"] = {0: "classes"}
+        axes["open_vocab_logits"] = {**batch, 1: "classes", 2: "height", 3: "width"}
+        if self.temporal:
+            axes["prev_features"] = axes["features"] = {**batch, 2: "feature_height", 3: "feature_width"}
+            axes["has_prev"] = dict(batch)
+        if self.referring:
+            axes["query_embeddings"] = {0: "queries"}
+            axes["referring_logits"] = {1: "queries", 2: "height", 3: "width"}
+        return axes
+
+    def torch_export_dynamic_shapes(self):
+        """torch.export's dynamic shapes: the vocabulary size C' (and the number of queries Q), so that
+        one .pt2 file scores any list of names."""
+        dims = {"text_embeddings": {0: torch.export.Dim("classes", min=1, max=4096)},
+                "query_embeddings": {0: torch.export.Dim("queries", min=1, max=4096)}}
+        shapes = [dims.get(name) for name in self.input_names]
+        # forward(images, text_embeddings, *extra): *extra is one tuple when given, absent when empty
+        return (shapes[0], shapes[1], tuple(shapes[2:])) if shapes[2:] else (shapes[0], shapes[1])
+
+
+def _segdep_names(base, temporal_names, referring_names, temporal, referring):
+    return tuple(base) + (tuple(temporal_names) if temporal else ()) + (tuple(referring_names) if referring else ())
+
+
+def _segdep_feature_shape(model, height, width):
+    d = model.size_divisibility
+    stride = model.neck.output_shape().stride
+    return (model.neck.output_shape().channels, -(-height // d) * d // stride, -(-width // d) * d // stride)
+
+
+NETWORKS = {"PanopticDepthLab": PanopticDepthLabNetwork, "HydraNet": HydraNetNetwork,
+            "DepthCompletion": DepthCompletionNetwork, "SegDep": SegDepNetwork}
 
 
 def _check_outputs(arch, outputs):
@@ -136,7 +479,8 @@ def _check_outputs(arch, outputs):
 
 def network_for(model, outputs="logits") -> nn.Module:
     """The exportable network (eval mode) of a model of any family in :data:`NETWORKS`;
-    ``outputs`` is ``"logits"`` (every family) or ``"labels"`` (HydraNet, see :class:`HydraNetNetwork`)."""
+    ``outputs`` is ``"logits"`` (every family), ``"labels"`` (HydraNet, see :class:`HydraNetNetwork`)
+    or ``"referring"`` (SegDep, see :class:`SegDepNetwork`)."""
     name = type(model).__name__
     if name not in NETWORKS:
         raise ValueError(f"No exportable network for {name!r}; export supports {sorted(NETWORKS)}")
@@ -147,7 +491,7 @@ def network_for(model, outputs="logits") -> nn.Module:
 
 
 def _check_size(model, network, height, width):
-    divisibility = model._size_divisibility()
+    divisibility = _divisibility(model)
     # 0: the model pads nothing (detectron2's SIZE_DIVISIBILITY -1 with a backbone that asks for none)
     if not network.pads_input and divisibility > 0 and (height % divisibility or width % divisibility):
         raise ValueError(
@@ -160,8 +504,16 @@ FORMATS = {"torch_export": "model.pt2", "torchscript": "model.ts", "onnx": "mode
 
 
 def _example(model, height, width, seed=0):
+    """A random (1, 3, height, width) image in 0-255 (the image-only families' example input)."""
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(1, 3, height, width, generator=g) * 255).to(model.device)
+
+
+def _torch_export(network, example):
+    """``torch.export.export`` of ``network`` on the tuple ``example``, with the network's dynamic
+    dimensions (SegDep's vocabulary size) where it declares them."""
+    shapes = network.torch_export_dynamic_shapes() if hasattr(network, "torch_export_dynamic_shapes") else None
+    return torch.export.export(network, tuple(example), dynamic_shapes=shapes)
 
 
 def export_network(model, height, width, fmt="torch_export", outputs="logits"):
@@ -171,28 +523,43 @@ def export_network(model, height, width, fmt="torch_export", outputs="logits"):
     recommended route) or ``"torchscript"`` (``torch.jit.trace``, for runtimes that load
     TorchScript); ONNX goes through :func:`export_onnx`. ``outputs``: see :func:`network_for`.
     Returns ``(exported, max_abs_diff)``: the exported program or module and, per output, the
-    largest difference between it and the eager network on a random image of that size (shapes
-    inside the graph are those of this size).
+    largest difference between it and the eager network on random inputs of that size (shapes
+    inside the graph are those of this size, but SegDep's vocabulary size C' which stays dynamic).
+    :func:`export_network_with_parity` also returns the parity figures.
     """
+    exported, max_abs_diff, _ = export_network_with_parity(model, height, width, fmt, outputs)
+    return exported, max_abs_diff
+
+
+def export_network_with_parity(model, height, width, fmt="torch_export", outputs="logits"):
+    """:func:`export_network`, plus the parity of the exported against the eager network (returns
+    ``(exported, max_abs_diff, parity)``): ``{"HxW": parity_metrics(...)}`` on the example inputs and,
+    for a network with dynamic non-image inputs (SegDep: another vocabulary size, ``has_prev`` False,
+    other queries), ``"HxW#1"`` on a second set at the same size."""
     if fmt not in ("torch_export", "torchscript"):
         raise ValueError(f"Unknown export format {fmt!r}; expected 'torch_export' or 'torchscript' (ONNX: export_onnx)")
     network = network_for(model, outputs)
     _check_size(model, network, height, width)
-    example = _example(model, height, width)
+    example = network.example_inputs(height, width)
     with torch.no_grad():
         if fmt == "torchscript":
-            exported = torch.jit.trace(network, example)
+            exported = torch.jit.trace(network, example, check_trace=False)
             run = exported
         else:
-            exported = torch.export.export(network, (example,))
+            exported = _torch_export(network, example)
             run = exported.module()
-        reference = network(example)
-        exported_outputs = run(example)
-    max_abs_diff = {
-        name: float((a.double() - b.double()).abs().max())
-        for name, a, b in zip(network.output_names, reference, exported_outputs)
-    }
-    return exported, max_abs_diff
+        reference = network(*example)
+        exported_outputs = run(*example)
+        max_abs_diff = {
+            name: float((a.double() - b.double()).abs().max())
+            for name, a, b in zip(network.output_names, reference, exported_outputs)
+        }
+        parity = {f"{height}x{width}": parity_metrics(network.output_names, reference, exported_outputs)}
+        if hasattr(network, "torch_export_dynamic_shapes"):
+            # a network with dynamic inputs (SegDep's vocabulary, its temporal switch): check other values too
+            second = network.example_inputs(height, width, seed=1)
+            parity[f"{height}x{width}#1"] = parity_metrics(network.output_names, network(*second), run(*second))
+    return exported, max_abs_diff, parity
 
 
 export_panoptic_depthlab = export_network  # the name earlier versions exported
@@ -206,21 +573,105 @@ def save_exported(exported, path):
         torch.jit.save(exported, path)
 
 
+# ---- parity: an exported network against the eager one ------------------------------------------------
+def parity_metrics(names, reference, exported) -> Dict[str, float]:
+    """Per output of ``names`` (``reference`` / ``exported``: the eager and the exported network's
+    outputs, same order): ``max_abs_diff_<name>`` for every float output (``max_abs_diff_depth`` in
+    metres), the label agreement of the semantic outputs (:data:`AGREEMENT_KEYS`: ``argmax_agreement``
+    for ``sem_seg_logits`` or ``sem_seg_labels`` (the file's labels against the eager logits' argmax),
+    ``open_vocab_argmax_agreement``, ``referring_mask_agreement`` (logit > 0)), ``output_shape``:
+    the exported semantic output's shape (depth's for a family without one), and
+    ``reference_depth_range_m``: the eager depth's [min, max]."""
+    reference = dict(zip(names, reference))
+    exported = dict(zip(names, exported))
+    entry = {}
+    for name, out in exported.items():
+        ref = reference[name]
+        if name in AGREEMENT_KEYS:
+            entry[AGREEMENT_KEYS[name]] = float((_labels(name, ref) == _labels(name, out)).float().mean())
+        if out.is_floating_point():
+            entry[f"max_abs_diff_{name}"] = float((ref.double() - out.double()).abs().max())
+    semantic = next((n for n in ("sem_seg_labels", "sem_seg_logits") if n in exported), "depth")
+    entry["output_shape"] = list(exported[semantic].shape)
+    if "depth" in reference:  # how much the compared depth varies (a constant map makes the check trivial)
+        entry["reference_depth_range_m"] = [float(reference["depth"].min()), float(reference["depth"].max())]
+    return entry
+
+
+def _labels(name, out):
+    if name == "referring_logits":
+        return out > 0
+    return out if not out.is_floating_point() else out.argmax(1)
+
+
+def parity_summary(parity: Dict[str, Dict]) -> Dict:
+    """Over every checked size of ``parity`` (``{"HxW": parity_metrics(...)}``): ``max_abs_diff_depth``
+    (the largest), ``argmax_agreement`` (the smallest label agreement of any semantic output, None for a
+    family without one), ``agreements`` (the smallest of each kind) and ``parity_ok``: depth within
+    :data:`MAX_ABS_DIFF_DEPTH` and every agreement at least :data:`MIN_ARGMAX_AGREEMENT`."""
+    entries = list(parity.values())
+    max_diff = max(p["max_abs_diff_depth"] for p in entries)
+    agreements = {}
+    for key in sorted(set(AGREEMENT_KEYS.values())):
+        values = [p[key] for p in entries if key in p]
+        if values:
+            agreements[key] = min(values)
+    agreement = min(agreements.values()) if agreements else None
+    ok = max_diff <= MAX_ABS_DIFF_DEPTH and (agreement is None or agreement >= MIN_ARGMAX_AGREEMENT)
+    return {"max_abs_diff_depth": max_diff, "argmax_agreement": agreement, "agreements": agreements,
+            "parity_ok": bool(ok)}
+
+
 # ---------------------------------------------------------------------------------------------
 # ONNX
+
+
+def input_names_for(cfg, outputs="logits") -> Tuple[str, ...]:
+    """The graph inputs of ``cfg``'s exported network (as its network class names them)."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == "DepthCompletion":
+        labels = cfg.MODEL.DEPTH_COMPLETION.SEMANTIC_INPUT == "labels"
+        return (INPUT_NAME, "sparse_depth") + (("semantics",) if labels else ())
+    if arch == "SegDep":
+        return _segdep_names((INPUT_NAME, "text_embeddings"), ("prev_features", "has_prev"), ("query_embeddings",),
+                             bool(cfg.MODEL.SEGDEP.TEMPORAL), outputs == "referring")
+    return (INPUT_NAME,)
+
+
+def output_names_for(cfg, outputs="logits") -> Tuple[str, ...]:
+    """The graph outputs of ``cfg``'s exported network with ``outputs`` (() for an unknown family or kind)."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    names = tuple(OUTPUT_KINDS.get(arch, {}).get(outputs, ()))
+    if arch == "DepthCompletion" and names and cfg.MODEL.DEPTH_COMPLETION.PREDICT_CONFIDENCE:
+        names += ("confidence_logits",)
+    if arch == "SegDep" and names:
+        names = _segdep_names(SEGDEP_OUTPUT_NAMES, ("features",), ("referring_logits",),
+                              bool(cfg.MODEL.SEGDEP.TEMPORAL), outputs == "referring")
+    return names
+
+
+def _num_classes(cfg) -> int:
+    """The classes the family's file is about: its semantic outputs' (SEM_SEG_HEAD.NUM_CLASSES), or for
+    DepthCompletion the classes of its semantic input (0 without one: it predicts no classes)."""
+    if cfg.MODEL.META_ARCHITECTURE == "DepthCompletion":
+        node = cfg.MODEL.DEPTH_COMPLETION
+        return 0 if node.SEMANTIC_INPUT == "none" else int(node.NUM_CLASSES or cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    return int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
 
 
 def config_fingerprint(cfg, outputs="logits") -> Dict:
     """What an exported file must agree on with the config it is used with (stored in the ONNX
     file's metadata and in export.json): the family, its classes and outputs (``outputs``: which
     of the family's output sets the file has, see :func:`network_for`), the input format and the
-    depth range (plus, for information, normalisation and padding, which live in the graph)."""
+    depth range (plus, for information, normalisation and padding, which live in the graph).
+    DepthCompletion and SegDep add their graph inputs and, respectively, the semantic input (its
+    ``num_classes`` is that input's classes, 0 without one) and the CLIP model whose text space the
+    ``text_embeddings`` input lives in."""
     arch = cfg.MODEL.META_ARCHITECTURE
-    names = OUTPUT_KINDS.get(arch, {}).get(outputs, ())
-    return {
+    fingerprint = {
         "meta_architecture": arch,
-        "num_classes": int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES),
-        "output_names": list(names),
+        "num_classes": _num_classes(cfg),
+        "output_names": list(output_names_for(cfg, outputs)),
         "input_format": cfg.INPUT.FORMAT,
         "min_depth": float(cfg.MODEL.DEPTH_HEAD.MIN_DEPTH),
         "max_depth": float(cfg.MODEL.DEPTH_HEAD.MAX_DEPTH),
@@ -228,17 +679,28 @@ def config_fingerprint(cfg, outputs="logits") -> Dict:
         "pixel_mean": [float(v) for v in cfg.MODEL.PIXEL_MEAN],
         "pixel_std": [float(v) for v in cfg.MODEL.PIXEL_STD],
     }
+    if arch in FAMILY_FINGERPRINT_KEYS:
+        fingerprint["input_names"] = list(input_names_for(cfg, outputs))
+    if arch == "DepthCompletion":
+        fingerprint["semantic_input"] = cfg.MODEL.DEPTH_COMPLETION.SEMANTIC_INPUT
+        fingerprint["predict_confidence"] = bool(cfg.MODEL.DEPTH_COMPLETION.PREDICT_CONFIDENCE)
+    if arch == "SegDep":
+        fingerprint["clip_model"] = cfg.MODEL.SEGDEP.CLIP_MODEL
+        fingerprint["temporal"] = bool(cfg.MODEL.SEGDEP.TEMPORAL)
+    return fingerprint
 
 
 def export_onnx(model, cfg, height, width, path, dynamic=True, opset=ONNX_OPSET, outputs="logits", rewrite=None):
     """Write ``model``'s network to ``path`` as ONNX (opset ``opset``), exported at ``height`` x
-    ``width``. ``dynamic``: batch, height and width are dynamic axes of the input and of every
-    output. ``outputs``: ``"logits"`` (default, every family: what ``model(inputs)`` computes) or
-    ``"labels"`` (HydraNet: ``sem_seg_labels`` + ``depth``, see :class:`HydraNetNetwork`).
-    ``rewrite``: apply :func:`rewrite_onnx_for_cpu` (exact reformulations for onnxruntime's CPU
-    kernels); ``None`` = on for HydraNet, off for PanopticDepthLab. The config's fingerprint goes
-    into the file's ``metadata_props`` (key :data:`FINGERPRINT_KEY`, JSON), with the rewrites
-    applied (``segdep_d2.graph_rewrites``). Returns the network that was exported (eager, eval mode).
+    ``width``. ``dynamic``: batch, height and width are dynamic axes of every image-sized input and
+    output (SegDep: also the vocabulary size C' and the number of queries Q; its referring export
+    keeps batch 1). ``outputs``: ``"logits"`` (default, every family: what ``model(inputs)`` computes),
+    ``"labels"`` (HydraNet: ``sem_seg_labels`` + ``depth``, see :class:`HydraNetNetwork`) or
+    ``"referring"`` (SegDep). ``rewrite``: apply :func:`rewrite_onnx_for_cpu` (exact reformulations
+    for onnxruntime's CPU kernels); ``None`` = on for HydraNet, off for the other families. The
+    config's fingerprint goes into the file's ``metadata_props`` (key :data:`FINGERPRINT_KEY`, JSON),
+    with the rewrites applied (``segdep_d2.graph_rewrites``). Returns the network that was exported
+    (eager, eval mode).
 
     The TorchScript-based exporter (``dynamo=False``) is used: it needs nothing beyond torch and
     ``onnx``, and traces the padding arithmetic into dynamic Shape ops.
@@ -250,17 +712,13 @@ def export_onnx(model, cfg, height, width, path, dynamic=True, opset=ONNX_OPSET,
     names = list(network.output_names)
     if rewrite is None:
         rewrite = type(model).__name__ == "HydraNet"
-    axes = {0: "batch", 2: "height", 3: "width"}
-    dynamic_axes = None
-    if dynamic:
-        dynamic_axes = {name: dict(axes) for name in [INPUT_NAME, *names]}
-        if "sem_seg_labels" in names:  # (N, H, W)
-            dynamic_axes["sem_seg_labels"] = {0: "batch", 1: "height", 2: "width"}
+    dynamic_axes = network.dynamic_axes() if dynamic else None
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
-            network, (_example(model, height, width),), path, dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=names, dynamic_axes=dynamic_axes, do_constant_folding=True,
+            network, network.example_inputs(height, width), path, dynamo=False, opset_version=opset,
+            input_names=list(network.input_names), output_names=names, dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
         )
     proto = onnx.load(path)
     applied = rewrite_onnx_for_cpu(proto) if rewrite else {}
@@ -271,8 +729,9 @@ def export_onnx(model, cfg, height, width, path, dynamic=True, opset=ONNX_OPSET,
     for key, value in metadata:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.checker.check_model(proto)
     onnx.save(proto, path)
+    # checked from the file: checking the proto would serialise it once more (seconds for a ResNet-52)
+    onnx.checker.check_model(path)
     return network
 
 
@@ -479,40 +938,42 @@ def _session(path, threads=None, spinning=True, profile_prefix=None):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+
+
 def onnx_parity(network, onnx_network, sizes, seed=0) -> Dict[str, Dict[str, float]]:
-    """onnxruntime against the eager network on a random image per size ``(H, W)``:
-    ``max_abs_diff_depth`` (metres) and ``argmax_agreement`` (fraction of pixels whose semantic
-    label is identical: the argmax of both logits, or the file's ``sem_seg_labels`` against the
-    eager logits' argmax), plus ``max_abs_diff_sem_seg_logits`` when both have logits and the
-    shape of the file's semantic output. Keyed ``"HxW"``."""
-    model = network.model
+    """onnxruntime against the eager network on random inputs per size ``(H, W)``
+    (``network.example_inputs(H, W, seed + i)``): :func:`parity_metrics` of the file's outputs, e.g.
+    ``max_abs_diff_depth`` (metres) and ``argmax_agreement`` (fraction of pixels whose semantic label
+    is identical: the argmax of both logits, or the file's ``sem_seg_labels`` against the eager
+    logits' argmax), ``max_abs_diff_sem_seg_logits`` when both have logits, and the shape of the
+    file's semantic output. The eager ``network`` may have more outputs than the file (logits
+    against a labels file): the file's are compared. Keyed ``"HxW"``."""
     results = {}
     for i, (height, width) in enumerate(sizes):
-        example = _example(model, height, width, seed + i)
+        example = network.example_inputs(height, width, seed + i)
         with torch.no_grad():
-            reference = dict(zip(network.output_names, network(example)))
-        exported = dict(zip(onnx_network.output_names, onnx_network.network(example)))
-        labels = {name: out["sem_seg_labels"] if "sem_seg_labels" in out else out["sem_seg_logits"].argmax(1)
-                  for name, out in (("reference", reference), ("exported", exported))}
-        semantic = exported["sem_seg_labels"] if "sem_seg_labels" in exported else exported["sem_seg_logits"]
-        entry = {
-            "max_abs_diff_depth": float((reference["depth"] - exported["depth"]).abs().max()),
-            "argmax_agreement": float((labels["reference"] == labels["exported"]).float().mean()),
-        }
-        if "sem_seg_logits" in reference and "sem_seg_logits" in exported:
-            difference = reference["sem_seg_logits"] - exported["sem_seg_logits"]
-            entry["max_abs_diff_sem_seg_logits"] = float(difference.abs().max())
-        entry["output_shape"] = list(semantic.shape)
-        results[f"{height}x{width}"] = entry
+            reference = dict(zip(network.output_names, network(*example)))
+        exported = onnx_network.network(*example)
+        names = list(onnx_network.output_names)
+        if "sem_seg_labels" in names and "sem_seg_labels" not in reference:
+            reference["sem_seg_labels"] = reference["sem_seg_logits"].argmax(1)
+        results[f"{height}x{width}"] = parity_metrics(names, [reference[n] for n in names], exported)
     return results
 
 
-def read_onnx_fingerprint(path) -> Dict:
-    """The config fingerprint stored in an ONNX file by :func:`export_onnx` (``{}`` if none)."""
+def read_onnx_metadata(path) -> Dict[str, str]:
+    """An ONNX file's ``metadata_props`` as a dict (:func:`export_onnx` writes the fingerprint, the
+    export size, the output set and the graph rewrites there)."""
     import onnx
 
     proto = onnx.load(path, load_external_data=False)
-    props = {p.key: p.value for p in proto.metadata_props}
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def read_onnx_fingerprint(path, metadata: Optional[Dict[str, str]] = None) -> Dict:
+    """The config fingerprint stored in an ONNX file by :func:`export_onnx` (``{}`` if none);
+    ``metadata``: the file's :func:`read_onnx_metadata`, when already read."""
+    props = read_onnx_metadata(path) if metadata is None else metadata
     return json.loads(props[FINGERPRINT_KEY]) if FINGERPRINT_KEY in props else {}
 
 
@@ -523,14 +984,21 @@ def check_fingerprint(path, stored: Dict, cfg) -> None:
             f"{path} has no segdep_d2 config metadata ({FINGERPRINT_KEY!r}): it was not written by "
             f"tools/export_model.py --format onnx. Re-export it from the config you evaluate with."
         )
-    # The file may carry any of the family's output sets ("logits" / "labels"): compare with that one.
-    kinds = OUTPUT_KINDS.get(cfg.MODEL.META_ARCHITECTURE, {})
-    outputs = next((k for k, names in kinds.items() if list(names) == list(stored.get("output_names", []))), "logits")
+    # The file may carry any of the family's output sets ("logits" / "labels" / "referring"): compare with that one.
+    arch = cfg.MODEL.META_ARCHITECTURE
+    kinds = OUTPUT_KINDS.get(arch, {})
+    outputs = next((k for k in kinds if list(output_names_for(cfg, k)) == list(stored.get("output_names", []))),
+                   "logits")
     expected = config_fingerprint(cfg, outputs)
+    # the family keys of the file's family and of the config's (a file of another family differs in both)
+    keys = CHECKED_FINGERPRINT_KEYS + tuple(
+        k for family in dict.fromkeys((arch, stored.get("meta_architecture")))
+        for k in FAMILY_FINGERPRINT_KEYS.get(family, ()) if k not in CHECKED_FINGERPRINT_KEYS
+    )
     differences = [
-        f"{key}: file {stored.get(key)!r}, config {expected[key]!r}"
-        for key in CHECKED_FINGERPRINT_KEYS
-        if stored.get(key) != expected[key]
+        f"{key}: file {stored.get(key)!r}, config {expected.get(key)!r}"
+        for key in dict.fromkeys(keys)
+        if stored.get(key) != expected.get(key)
     ]
     if differences:
         raise ValueError(
@@ -543,36 +1011,58 @@ def check_fingerprint(path, stored: Dict, cfg) -> None:
 class OnnxInference:
     """An ONNX file run by onnxruntime, used like the model it came from.
 
-    ``network(images)`` maps (N, 3, H, W) float pixels to the output tensors (torch, CPU) in
-    ``output_names`` order; calling the object on detectron2 inputs (list of dicts with ``image``)
-    gives what ``model(inputs)`` gives, through ``model.postprocess`` (for a ``"labels"`` file:
-    ``sem_seg_labels`` (H, W) instead of the ``sem_seg`` logits). ``outputs`` says which:
-    ``"logits"`` or ``"labels"``.
+    ``network(*inputs)`` maps the graph's inputs (torch tensors, in ``input_names`` order: the
+    (N, 3, H, W) float pixels first) to the output tensors (torch, CPU) in ``output_names`` order;
+    calling the object on detectron2 inputs (list of dicts with ``image``, plus ``sparse_depth``
+    (+ ``sem_seg``) for DepthCompletion, ``class_names`` / ``queries`` / ``sequence_id`` +
+    ``frame_index`` for SegDep) gives what ``model(inputs)`` gives, through :func:`exported_inference`
+    (for a HydraNet ``"labels"`` file: ``sem_seg_labels`` (H, W) instead of the ``sem_seg`` logits).
+    ``outputs`` says which output set the file has: ``"logits"``, ``"labels"`` or ``"referring"``.
     """
 
-    def __init__(self, path, session, model, fingerprint):
+    def __init__(self, path, session, model, fingerprint, metadata=None):
         self.path = path
         self.session = session
         self.model = model
         self.fingerprint = fingerprint
+        self.metadata = dict(metadata or {})  # the file's metadata_props (read_onnx_metadata)
+        self.input_names = tuple(i.name for i in session.get_inputs())
         self.output_names = tuple(o.name for o in session.get_outputs())
-        self.outputs = "labels" if "sem_seg_labels" in self.output_names else "logits"
-        self.pads_input = fingerprint["meta_architecture"] == "HydraNet"
+        self.outputs = ("labels" if "sem_seg_labels" in self.output_names
+                        else "referring" if "referring_logits" in self.output_names else "logits")
+        network_class = NETWORKS.get(fingerprint["meta_architecture"])
+        self.pads_input = bool(network_class is not None and network_class.pads_input)
         # (H, W) of a static-size export (PanopticDepthLab with fixed ASPP pooling), else None.
         hw = session.get_inputs()[0].shape[2:]
         self.static_size = tuple(hw) if all(isinstance(v, int) for v in hw) else None
 
-    def network(self, images: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def network(self, *inputs: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if len(inputs) != len(self.input_names):
+            missing = [n for n in self.input_names[len(inputs):]]
+            raise ValueError(
+                f"{self.path} takes the inputs {list(self.input_names)}; got {len(inputs)} tensor(s)"
+                + (f", missing {missing}" if missing else "")
+            )
+        images = inputs[0]
         if self.static_size is not None and tuple(images.shape[-2:]) != self.static_size:
             raise ValueError(
                 f"{self.path} was exported at the static size {self.static_size[0]}x{self.static_size[1]}; "
                 f"got images of {images.shape[-2]}x{images.shape[-1]} (export again at this size)"
             )
-        array = images.detach().to("cpu", torch.float32).contiguous().numpy()
-        return tuple(torch.from_numpy(o) for o in self.session.run(None, {INPUT_NAME: array}))
+        feed = {name: _numpy_input(x) for name, x in zip(self.input_names, inputs)}
+        return tuple(torch.from_numpy(o) for o in self.session.run(None, feed))
 
     def __call__(self, batched_inputs):
-        return exported_inference(self.network, self.model, batched_inputs, pads_input=self.pads_input)
+        return exported_inference(self.network, self.model, batched_inputs, pads_input=self.pads_input,
+                                  outputs=self.outputs)
+
+
+def _numpy_input(x: torch.Tensor):
+    """A graph input as onnxruntime takes it: float tensors as float32, integer and bool ones as they are."""
+    x = x.detach().to("cpu")
+    if x.is_floating_point():
+        x = x.to(torch.float32)
+    return x.contiguous().numpy()
 
 
 def load_onnx_model(path, cfg, model=None, threads=None, spinning=True) -> OnnxInference:
@@ -580,22 +1070,30 @@ def load_onnx_model(path, cfg, model=None, threads=None, spinning=True) -> OnnxI
 
     Refuses (``ValueError`` naming the difference) a file without segdep_d2's metadata, a file
     exported from another config (family, number of classes, output names, input format, depth
-    range) and a graph whose outputs are not the family's (either of HydraNet's output sets,
-    ``sem_seg_logits`` / ``sem_seg_labels`` + ``depth``, is accepted; the object's ``outputs``
-    says which the file has). ``model`` (built from ``cfg`` when not
-    given; its weights are not used) supplies the post-processing. ``threads``: onnxruntime's
-    intra-op threads (its default when None); ``spinning=False`` stops its idle workers from
-    busy-waiting between runs (better when PyTorch shares the process).
+    range; DepthCompletion / SegDep also their input names, semantic input / CLIP model) and a
+    graph whose inputs or outputs are not the family's (either of HydraNet's output sets,
+    ``sem_seg_logits`` / ``sem_seg_labels`` + ``depth``, is accepted, as is SegDep's referring set;
+    the object's ``outputs`` says which the file has). ``model`` (built from ``cfg`` when not
+    given) supplies the post-processing; its weights are not used, but for SegDep's text tower, which
+    computes the vocabulary's embeddings (built with ``MODEL.SEGDEP.CLIP_WEIGHTS``; a trainable tower
+    loads ``MODEL.WEIGHTS``). ``threads``:
+    onnxruntime's intra-op threads (its default when None); ``spinning=False`` stops its idle
+    workers from busy-waiting between runs (better when PyTorch shares the process).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ONNX file {path} does not exist; write it with tools/export_model.py --format onnx")
-    stored = read_onnx_fingerprint(path)
+    metadata = read_onnx_metadata(path)
+    stored = read_onnx_fingerprint(path, metadata)
     check_fingerprint(path, stored, cfg)
     session = _session(path, threads, spinning)
     outputs = session.get_outputs()
     names = [o.name for o in outputs]
     if names != list(stored["output_names"]):
         raise ValueError(f"{path}: graph outputs {names}, but its metadata and the config expect {stored['output_names']}")
+    inputs = [i.name for i in session.get_inputs()]
+    expected_inputs = list(stored.get("input_names", [INPUT_NAME]))
+    if inputs != expected_inputs:
+        raise ValueError(f"{path}: graph inputs {inputs}, but its metadata and the config expect {expected_inputs}")
     channels = outputs[names.index("sem_seg_logits")].shape[1] if "sem_seg_logits" in names else None
     if isinstance(channels, int) and channels != stored["num_classes"]:
         raise ValueError(
@@ -609,15 +1107,33 @@ def load_onnx_model(path, cfg, model=None, threads=None, spinning=True) -> OnnxI
         cpu_cfg.defrost()
         cpu_cfg.MODEL.DEVICE = "cpu"
         model = build_model(cpu_cfg).eval()
-    return OnnxInference(path, session, model, stored)
+        if stored["meta_architecture"] == "SegDep" and not cfg.MODEL.SEGDEP.FREEZE_TEXT_ENCODER and cfg.MODEL.WEIGHTS:
+            # the text tower computes the vocabulary's embeddings; fine-tuned, its weights are the checkpoint's
+            from detectron2.checkpoint import DetectionCheckpointer
+
+            DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    return OnnxInference(path, session, model, stored, metadata)
 
 
-def exported_inference(network, model, batched_inputs, pads_input=True):
+def exported_inference(network, model, batched_inputs, pads_input=True, outputs="logits"):
     """Full inference through an exported (or any tensor-in / tensors-out) ``network``: per input,
-    its ``image`` as a (1, 3, H, W) float batch -> ``network`` -> ``model.postprocess`` at the
-    image's size. For a network that does not pad itself (``pads_input=False``: PanopticDepthLab's)
-    the pixels are padded to the size divisibility with the pixel mean, which normalises to the 0
-    that ``ImageList.from_tensors`` pads with."""
+    its ``image`` as a (1, 3, H, W) float batch (and the family's other graph inputs) -> ``network``
+    -> ``model.postprocess`` at the image's size. For a network that does not pad itself
+    (``pads_input=False``: PanopticDepthLab's) the pixels are padded to the size divisibility with
+    the pixel mean, which normalises to the 0 that ``ImageList.from_tensors`` pads with.
+
+    * DepthCompletion: the input's ``sparse_depth`` (H, W) metres (required, as the eager model
+      requires it) and, with ``SEMANTIC_INPUT: "labels"``, its ``sem_seg`` (absent: all unlabelled);
+    * SegDep: the vocabularies of the input's ``class_names`` (the training class names by default)
+      through ``model.text_embeddings``, the network run once per vocabulary; with the temporal module
+      the model's per-sequence state (``sequence_id`` / ``frame_index``) is read and written as eager
+      inference does; ``outputs="referring"`` (a network exported so) answers the input's ``queries``.
+    """
+    family = type(model).__name__
+    if family == "DepthCompletion":
+        return [_depth_completion_inference(network, model, x) for x in batched_inputs]
+    if family == "SegDep":
+        return [_segdep_inference(network, model, x, outputs) for x in batched_inputs]
     results = []
     for x in batched_inputs:
         image = x["image"].to(torch.float32)[None]
@@ -631,3 +1147,64 @@ def exported_inference(network, model, batched_inputs, pads_input=True):
         outputs = network(image)
         results.extend(model.postprocess(*outputs, [x], [(height, width)]))
     return results
+
+
+def _depth_completion_inference(network, model, x):
+    image = x["image"].to(model.device, torch.float32)[None]
+    height, width = image.shape[-2:]
+    if "sparse_depth" not in x:
+        raise KeyError(
+            "DepthCompletion's exported network needs 'sparse_depth' (H, W) metres in every input (an all-zero "
+            "map for a sample without points): its graph inputs are images, sparse_depth"
+            + (", semantics" if model.semantic_input == "labels" else "")
+        )
+    sparse = torch.as_tensor(x["sparse_depth"], device=model.device).float()
+    if tuple(sparse.shape[-2:]) != (height, width):
+        raise ValueError(f"sparse_depth {tuple(sparse.shape)} does not match the image {tuple(x['image'].shape)}")
+    inputs = [image, sparse.reshape(1, height, width)]
+    if model.semantic_input == "labels":
+        if "sem_seg" in x:
+            labels = torch.as_tensor(x["sem_seg"], device=model.device).long().reshape(1, height, width)
+        else:  # as the eager model: no semantics for this input
+            labels = torch.full((1, height, width), model.ignore_value, dtype=torch.long, device=model.device)
+        inputs.append(labels)
+    outputs = network(*inputs)
+    confidence = outputs[1] if len(outputs) > 1 else None
+    return model.postprocess(outputs[0], confidence, [x], [(height, width)])[0]
+
+
+def _segdep_inference(network, model, x, outputs="logits"):
+    from .meta_arch.hydranet import _crop_and_resize
+    from .meta_arch.segdep import _query_texts
+
+    image = x["image"].to(model.device, torch.float32)[None]
+    height, width = image.shape[-2:]
+    names = _segdep_names(SEGDEP_OUTPUT_NAMES, ("features",), ("referring_logits",), model.temporal,
+                          outputs == "referring")
+    texts = _query_texts(x)
+    if texts and outputs != "referring":
+        raise ValueError("this input has 'queries' but the network has no referring output: export it with "
+                         "outputs='referring' (tools/export_model.py --outputs referring)")
+    extra = []
+    if model.temporal:
+        shape = _segdep_feature_shape(model, height, width)
+        previous = model.temporal_previous(x, shape)
+        has_prev = previous is not None
+        extra += [(previous if has_prev else torch.zeros(shape, device=model.device))[None].to(model.device),
+                  torch.tensor([has_prev], device=model.device)]
+    if outputs == "referring":
+        # no query: one zero embedding keeps the graph's Q >= 1; its output is dropped
+        queries = model.text_encoder.encode(texts) if texts else torch.zeros(1, model.text_encoder.embed_dim)
+        extra.append(queries.to(model.device))
+    open_vocab, first = OrderedDict(), None
+    for key, vocabulary in model._vocabularies(x).items():
+        out = dict(zip(names, network(image, model.text_embeddings(vocabulary), *extra)))
+        open_vocab[key] = out["open_vocab_logits"][0]
+        first = first or out
+    if model.temporal:
+        model.temporal_store(x, first["features"][0])
+    result = model.postprocess(first["sem_seg_logits"], first["depth"], [open_vocab], [x], [(height, width)])[0]
+    if texts:
+        logits = _crop_and_resize(first["referring_logits"][0].float(), (height, width), *result["depth"].shape)
+        result["referring"] = model._referring_answers(texts, logits, result["depth"])
+    return result

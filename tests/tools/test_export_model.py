@@ -1,4 +1,6 @@
-"""tools/export_model.py: the exported network computes what the eager model computes."""
+"""tools/export_model.py: the exported network computes what the eager model computes (every
+family: PanopticDepthLab, HydraNet, DepthCompletion, SegDep)."""
+import copy
 import json
 import os
 
@@ -397,3 +399,318 @@ def test_labels_output_is_hydranet_only(tool, tmp_path):
     cfg = tool.setup_cfg(CONFIG, ["MODEL.DEVICE", "cpu"])
     with pytest.raises(ValueError, match=r"PanopticDepthLab exports outputs \['logits'\], not 'labels'"):
         tool.export(cfg, H, W, str(tmp_path), "onnx", outputs="labels")
+
+
+# ---- DepthCompletion: images + sparse depth (+ semantics) -> depth (+ confidence) ---------------------------
+DC_CONFIG = os.path.join(REPO_ROOT, "projects/DepthCompletion/configs/Synthetic-DepthCompletion/depth_completion_cpu.yaml")
+DC_LABELS = ("MODEL.DEPTH_COMPLETION.SEMANTIC_INPUT", "labels", "MODEL.DEPTH_COMPLETION.NUM_CLASSES", "5",
+             "MODEL.DEPTH_COMPLETION.PREDICT_CONFIDENCE", "True")
+
+
+def _calibrated(tool, config, *opts, seed=0):
+    """A config's model (CPU, random weights of ``seed``) calibrated so that its outputs vary (the
+    walk's calibrate_random_weights: a fresh DepthCompletion outputs its input fill)."""
+    cfg = tool.setup_cfg(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
+    torch.manual_seed(seed)
+    model = tool.load_model(cfg)
+    tool.calibrate_random_weights(model)
+    return cfg, model
+
+
+def _completion_input(h, w, seed, *, labels=0, height=None, width=None):
+    """A DepthCompletion input: an image, ~5 % of the pixels with a depth in [1, 70] m (+ labels in [0,
+    ``labels``) with some unlabelled pixels) and its output size."""
+    g = torch.Generator().manual_seed(seed)
+    points = torch.rand(h, w, generator=g) < 0.05
+    x = {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g),
+         "sparse_depth": torch.where(points, 1 + 69 * torch.rand(h, w, generator=g), torch.zeros(())),
+         "height": height or h, "width": width or w}
+    if labels:
+        sem = torch.randint(0, labels, (h, w), generator=g)
+        sem[torch.rand(h, w, generator=g) < 0.1] = 255
+        x["sem_seg"] = sem
+    return x
+
+
+@pytest.fixture(scope="module")
+def completion_labels_onnx(tool, tmp_path_factory):
+    """A DepthCompletion with labels as semantic input and a confidence output, exported to ONNX at 64x96."""
+    cfg, model = _calibrated(tool, DC_CONFIG, *DC_LABELS)
+    out = tmp_path_factory.mktemp("completion_onnx")
+    _, info = tool.export(cfg, 64, 96, str(out), "onnx", model=model)
+    return cfg, model, str(out / "model.onnx"), info
+
+
+def test_depth_completion_onnx_gives_the_models_depth_and_confidence(completion_labels_onnx):
+    """The file takes images, sparse depth and the label map and returns depth + confidence logits at
+    the padded size; load_onnx_model + the model's postprocess give what model(inputs) gives, at sizes
+    that are no multiple of 32, resized on output, and for an input without labels."""
+    from segdep_d2.modeling.export import load_onnx_model
+
+    cfg, model, path, info = completion_labels_onnx
+    assert list(info["inputs"]) == ["images", "sparse_depth", "semantics"]
+    assert info["inputs"]["semantics"]["dtype"] == "int64" and info["inputs"]["sparse_depth"]["shape"] == [1, 64, 96]
+    assert info["outputs"] == ["depth", "confidence_logits"]
+    assert info["config_fingerprint"]["num_classes"] == 5 and info["config_fingerprint"]["semantic_input"] == "labels"
+    assert info["parity_ok"] and len(info["parity"]) == 2 and info["argmax_agreement"] is None
+    assert info["max_abs_diff_depth"] <= 1e-3 and "max_abs_diff_confidence_logits" in info["parity"]["64x96"]
+    assert any("clamp" in line for line in info["outside_graph"])
+
+    onnx_model = load_onnx_model(path, cfg, model=model)
+    assert onnx_model.input_names == ("images", "sparse_depth", "semantics") and onnx_model.pads_input
+    cases = [_completion_input(64, 96, 1, labels=5), _completion_input(50, 70, 2, labels=5),
+             _completion_input(45, 77, 3, labels=5, height=90, width=154), _completion_input(50, 70, 4)]
+    for x in cases:
+        with torch.no_grad():
+            eager = model([x])[0]
+        exported = onnx_model([x])[0]
+        assert set(exported) == {"depth", "depth_confidence"}
+        assert exported["depth"].shape == (x["height"], x["width"])
+        assert float(eager["depth"].max() - eager["depth"].min()) > 1.0  # depth varies: a real check
+        assert float((exported["depth"] - eager["depth"]).abs().max()) <= 1e-3
+        torch.testing.assert_close(exported["depth_confidence"], eager["depth_confidence"], rtol=0, atol=1e-4)
+    # the label map matters: other labels, other depth
+    relabelled = dict(cases[1], sem_seg=(cases[1]["sem_seg"] + 1) % 5)
+    assert float((onnx_model([relabelled])[0]["depth"] - onnx_model([cases[1]])[0]["depth"]).abs().max()) > 1e-2
+
+
+def test_depth_completion_without_sparse_depth_names_the_missing_input(completion_labels_onnx):
+    from segdep_d2.modeling.export import DepthCompletionNetwork, load_onnx_model
+
+    cfg, model, path, _ = completion_labels_onnx
+    onnx_model = load_onnx_model(path, cfg, model=model)
+    x = _completion_input(64, 96, 0, labels=5)
+    del x["sparse_depth"]
+    with pytest.raises(KeyError, match=r"needs 'sparse_depth'.*graph inputs are images, sparse_depth, semantics"):
+        onnx_model([x])
+    images = x["image"][None].float()
+    with pytest.raises(ValueError, match=r"takes the inputs \['images', 'sparse_depth', 'semantics'\]; got 1 "
+                                         r"tensor\(s\), missing \['sparse_depth', 'semantics'\]"):
+        onnx_model.network(images)
+    with pytest.raises(TypeError, match="sparse_depth"):
+        DepthCompletionNetwork(model)(images)
+    with pytest.raises(ValueError, match=r"sparse_depth must be \(N, H, W\) metres, got \(1, 1, 64, 96\)"):
+        DepthCompletionNetwork(model)(images, torch.zeros(1, 1, 64, 96), torch.zeros(1, 64, 96, dtype=torch.long))
+
+
+def test_depth_completion_file_from_another_config_is_refused(tool, completion_labels_onnx):
+    from segdep_d2.modeling.export import load_onnx_model
+
+    _, model, path, _ = completion_labels_onnx
+    plain = tool.setup_cfg(DC_CONFIG, ["MODEL.DEVICE", "cpu"])  # no semantics, no confidence
+    with pytest.raises(ValueError, match=r"num_classes: file 5, config 0; output_names: .*input_names: .*"
+                                         r"semantic_input: file 'labels', config 'none'"):
+        load_onnx_model(path, plain, model=model)
+
+
+def test_depth_completion_torch_export_through_exported_inference(tool, tmp_path):
+    """The torch.export file (no semantics: images + sparse depth) run by exported_inference."""
+    from segdep_d2.modeling.export import exported_inference
+
+    cfg, model = _calibrated(tool, DC_CONFIG)
+    _, info = tool.export(cfg, 64, 96, str(tmp_path), "torch_export", model=model)
+    assert list(info["inputs"]) == ["images", "sparse_depth"] and info["outputs"] == ["depth"] and info["parity_ok"]
+    network = torch.export.load(str(tmp_path / "model.pt2")).module()
+    x = _completion_input(64, 96, 5, height=32, width=48)
+    with torch.no_grad():
+        eager = model([x])[0]
+        exported = exported_inference(network, model, [x])[0]
+    assert set(exported) == {"depth"} and exported["depth"].shape == (32, 48)
+    torch.testing.assert_close(exported["depth"], eager["depth"], rtol=0, atol=1e-4)
+
+
+def test_depth_completion_guide_runs_inside_the_graph(tool, tmp_path):
+    """SEMANTIC_INPUT "guide": the frozen HydraNet runs inside the exported graph (images + sparse depth
+    in); onnxruntime + postprocess give model(inputs), whose guide runs in Python."""
+    from segdep_d2.modeling.export import load_onnx_model
+
+    cfg, model = _calibrated(tool, DC_CONFIG, "MODEL.DEPTH_COMPLETION.SEMANTIC_INPUT", "guide",
+                             "MODEL.DEPTH_COMPLETION.NUM_CLASSES", "14", "MODEL.DEPTH_COMPLETION.GUIDE_CONFIG",
+                             HYDRANET_CONFIG, "MODEL.DEPTH_COMPLETION.GUIDE_WEIGHTS", "")
+    _, info = tool.export(cfg, 64, 96, str(tmp_path), "onnx", model=model)
+    assert list(info["inputs"]) == ["images", "sparse_depth"] and info["parity_ok"]
+    onnx_model = load_onnx_model(str(tmp_path / "model.onnx"), cfg, model=model)
+    blind = copy.deepcopy(model)  # the same model, deaf to the guide's class maps
+    with torch.no_grad():
+        blind.semantic_embedding.weight.zero_()
+    for x in (_completion_input(64, 96, 6), _completion_input(45, 77, 7)):
+        with torch.no_grad():
+            eager, without_guide = model([x])[0], blind([x])[0]
+        exported = onnx_model([x])[0]
+        assert float((exported["depth"] - eager["depth"]).abs().max()) <= 1e-3
+        # the class maps change the depth: matching eager, the file computes the guide's
+        assert float((without_guide["depth"] - eager["depth"]).abs().max()) > 1e-2
+
+
+def test_completion_network_counts_what_the_benchmark_counts(tool):
+    """semantics="probabilities": the class maps as a graph input (tools/benchmark.py's FLOP count of
+    the completion network without its guide); its depth is network_outputs' finest."""
+    from segdep_d2.modeling.export import DepthCompletionNetwork
+
+    _, model = _calibrated(tool, DC_CONFIG, *DC_LABELS)
+    x = _completion_input(64, 96, 8, labels=5)
+    images, sparse, semantics, _ = model.preprocess([x])
+    network = DepthCompletionNetwork(model, semantics="probabilities").eval()
+    assert network.input_names == ("images", "sparse_depth", "semantics")
+    with torch.no_grad():
+        depth, confidence = network(x["image"][None].float(), x["sparse_depth"][None], semantics)
+        depths, expected_confidence = model.network_outputs(images, sparse, semantics)
+    torch.testing.assert_close(depth, depths[-1])
+    torch.testing.assert_close(confidence, expected_confidence)
+    with pytest.raises(ValueError, match="SEMANTIC_INPUT is 'labels'"):
+        DepthCompletionNetwork(model, semantics="words")
+
+
+# ---- SegDep: images + text embeddings (+ temporal state, + queries) ---------------------------------------
+SEGDEP_CONFIG = os.path.join(REPO_ROOT, "projects/SegDep/configs/Synthetic-SegDep/segdep_hrnet18s_cpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def tiny_segdep_opts(tiny_open_clip):
+    """The CPU SegDep config with the 2-layer test text tower (tests/conftest.py) and one prompt."""
+    return ["MODEL.SEGDEP.CLIP_MODEL", tiny_open_clip, "MODEL.SEGDEP.PROMPT_TEMPLATES", "['a photo of a {}.']"]
+
+
+def _segdep(tool, opts, *more, seed=0):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-init CLIP warning
+        return _calibrated(tool, SEGDEP_CONFIG, *opts, *more, seed=seed)
+
+
+def _agreement(a, b):
+    return float((a.argmax(0) == b.argmax(0)).float().mean())
+
+
+def _assert_segdep_results_match(exported, eager):
+    assert float(eager["depth"].max() - eager["depth"].min()) > 0.5  # depth varies: a real check
+    assert float((exported["depth"] - eager["depth"]).abs().max()) <= 1e-3
+    assert _agreement(exported["sem_seg"], eager["sem_seg"]) >= 0.999
+    if isinstance(eager["open_vocab_seg"], dict):
+        assert set(exported["open_vocab_seg"]) == set(eager["open_vocab_seg"])
+        pairs = [(exported["open_vocab_seg"][k], eager["open_vocab_seg"][k]) for k in eager["open_vocab_seg"]]
+    else:
+        pairs = [(exported["open_vocab_seg"], eager["open_vocab_seg"])]
+    for a, b in pairs:
+        assert a.shape == b.shape and _agreement(a, b) >= 0.999
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-3)
+    assert [s["name"] for s in _segments(exported)] == [s["name"] for s in _segments(eager)]
+
+
+def _segments(result):
+    segments = result["open_vocab_segments"]
+    return segments if isinstance(segments, list) else [s for v in segments.values() for s in v]
+
+
+def test_segdep_temporal_onnx_follows_the_models_sequences(tool, tiny_segdep_opts, tmp_path):
+    """A temporal SegDep's file takes the previous frame's features and has_prev, outputs the current
+    features; OnnxInference keeps the model's per-sequence state as eager inference does, so a video
+    (refined frames, a gap, a new sequence, several vocabularies) gives model(inputs)'s results."""
+    from segdep_d2.modeling.export import load_onnx_model
+
+    cfg, model = _segdep(tool, tiny_segdep_opts, "MODEL.SEGDEP.TEMPORAL", "True")
+    with torch.no_grad():  # a gate that lets the previous frame in (fresh: sigmoid(-4))
+        model.temporal_fusion.gate.bias.fill_(0.0)
+    _, info = tool.export(cfg, 64, 96, str(tmp_path), "onnx", model=model)
+    assert list(info["inputs"]) == ["images", "text_embeddings", "prev_features", "has_prev"]
+    assert info["outputs"] == ["sem_seg_logits", "depth", "open_vocab_logits", "features"]
+    assert info["inputs"]["prev_features"]["shape"] == [1, 64, 16, 24] and info["inputs"]["has_prev"]["dtype"] == "bool"
+    assert info["parity_ok"] and info["agreements"]["open_vocab_argmax_agreement"] >= 0.999
+    assert any("temporal state" in line for line in info["outside_graph"])
+    eager_model = copy.deepcopy(model)  # its own state
+    onnx_model = load_onnx_model(str(tmp_path / "model.onnx"), cfg, model=model)
+
+    g = torch.Generator().manual_seed(9)
+    frames = [torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8, generator=g) for _ in range(4)]
+    video = [
+        {"image": frames[0], "sequence_id": "a", "frame_index": 0},
+        {"image": frames[1], "sequence_id": "a", "frame_index": 1, "class_names": ["car", "road", "sky"]},
+        {"image": frames[2], "sequence_id": "a", "frame_index": 2,
+         "class_names": {"street": ["car", "road"], "nature": ["tree", "sky", "grass"]}},
+        {"image": frames[3], "sequence_id": "a", "frame_index": 5},  # a gap: the plain path
+        {"image": frames[1], "sequence_id": "b", "frame_index": 0, "height": 100, "width": 140},
+    ]
+    refined = 0
+    for x in video:
+        with torch.no_grad():
+            eager = eager_model([dict(x)])[0]
+            plain = eager_model([{k: v for k, v in x.items() if k not in ("sequence_id", "frame_index")}])[0]
+        exported = onnx_model([dict(x)])[0]
+        _assert_segdep_results_match(exported, eager)
+        refined += float((plain["depth"] - eager["depth"]).abs().max()) > 1e-3
+    assert refined == 2  # frames 1 and 2 continue their sequence, and the refinement shows
+    assert set(model._temporal_state) == {"a", "b"} and model._temporal_state["a"][0] == 5
+
+
+def test_segdep_referring_onnx_answers_queries_as_the_model(tool, tiny_segdep_opts, tmp_path):
+    """--outputs referring: query embeddings in, each query's mask logits out (batch 1); the answers
+    (mask, score, area, depth over the mask) are the model's."""
+    from segdep_d2.modeling.export import load_onnx_model
+
+    cfg, model = _segdep(tool, tiny_segdep_opts)
+    with torch.no_grad():  # masks of about half the image (fresh: an empty-mask prior)
+        model.referring_head.query_bias.bias.fill_(0.0)
+    _, info = tool.export(cfg, 64, 96, str(tmp_path), "onnx", outputs="referring", model=model)
+    assert info["inputs"]["query_embeddings"]["shape"] == [3, 32] and info["outputs"][-1] == "referring_logits"
+    assert info["parity_ok"] and info["agreements"]["referring_mask_agreement"] >= 0.999
+    onnx_model = load_onnx_model(str(tmp_path / "model.onnx"), cfg, model=model)
+    assert onnx_model.outputs == "referring"
+    g = torch.Generator().manual_seed(10)
+    x = {"image": torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8, generator=g),
+         "queries": ["the nearest car", "the road on the left"], "height": 100, "width": 140}
+    with torch.no_grad():
+        eager = model([x])[0]
+    exported = onnx_model([x])[0]
+    _assert_segdep_results_match(exported, eager)
+    assert [a["text"] for a in exported["referring"]] == x["queries"]
+    for a, b in zip(exported["referring"], eager["referring"]):
+        assert 0 < b["area"] < 100 * 140  # a real mask
+        assert float((a["mask"] == b["mask"]).float().mean()) >= 0.999
+        assert a["score"] == pytest.approx(b["score"], abs=1e-3)
+        assert a["depth_median"] == pytest.approx(b["depth_median"], abs=1e-2)
+    # an input without queries (the file still gets one, unused), with a one-name vocabulary
+    y = {"image": x["image"], "class_names": "car"}
+    with torch.no_grad():
+        eager = model([y])[0]
+    exported = onnx_model([y])[0]
+    assert "referring" not in exported and exported["open_vocab_seg"].shape[0] == 1
+    _assert_segdep_results_match(exported, eager)
+    # a logits-only file cannot answer queries, and says so
+    _, plain_info = tool.export(cfg, 64, 96, str(tmp_path / "plain"), "onnx", model=model)
+    plain = load_onnx_model(str(tmp_path / "plain" / "model.onnx"), cfg, model=model)
+    with pytest.raises(ValueError, match="has 'queries' but the network has no referring output"):
+        plain([x])
+
+
+def test_segdep_torch_export_takes_any_vocabulary_size(tool, tiny_segdep_opts, tmp_path):
+    """torch.export keeps the vocabulary size dynamic: one .pt2 file scores 3 names, 14 or a single one."""
+    from segdep_d2.modeling.export import exported_inference
+
+    cfg, model = _segdep(tool, tiny_segdep_opts)
+    _, info = tool.export(cfg, 64, 96, str(tmp_path), "torch_export", model=model)
+    assert set(info["parity"]) == {"64x96", "64x96#1"} and info["parity_ok"]
+    network = torch.export.load(str(tmp_path / "model.pt2")).module()
+    image = torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(11))
+    for names, count in ((["car", "road", "sky"], 3), (None, 14), ("car", 1)):
+        x = {"image": image} if names is None else {"image": image, "class_names": names}
+        with torch.no_grad():
+            eager = model([x])[0]
+            exported = exported_inference(network, model, [x])[0]
+        assert exported["open_vocab_seg"].shape[0] == count
+        _assert_segdep_results_match(exported, eager)
+
+
+def test_segdep_file_from_another_config_is_refused(tool, tiny_segdep_opts, tmp_path):
+    from segdep_d2.modeling.export import load_onnx_model
+
+    cfg, model = _segdep(tool, tiny_segdep_opts)
+    tool.export(cfg, 64, 96, str(tmp_path), "onnx", model=model)
+    path = str(tmp_path / "model.onnx")
+    other_clip = tool.setup_cfg(SEGDEP_CONFIG, ["MODEL.DEVICE", "cpu"])  # ViT-S-32-alt
+    with pytest.raises(ValueError, match=r"clip_model: file 'segdep-test-tiny-clip', config 'ViT-S-32-alt'"):
+        load_onnx_model(path, other_clip, model=model)
+    temporal = tool.setup_cfg(SEGDEP_CONFIG,
+                              ["MODEL.DEVICE", "cpu", *tiny_segdep_opts, "MODEL.SEGDEP.TEMPORAL", "True"])
+    with pytest.raises(ValueError, match=r"output_names: .*'features'.*input_names: .*'prev_features'"):
+        load_onnx_model(path, temporal, model=model)

@@ -466,21 +466,40 @@ class SegDep(nn.Module):
         for i, x in enumerate(batched_inputs):
             if x.get("sequence_id", None) is None or x.get("frame_index", None) is None:
                 continue
-            key, index = str(x["sequence_id"]), int(x["frame_index"])
             rows, cols = self._own_feature_size(images.image_sizes[i], padded_size, features.shape[-2:])
             cur = features[i:i + 1, :, :rows, :cols]
-            entry = self._temporal_state.get(key, None)
-            if entry is not None and 0 < index - entry[0] <= self.temporal_max_frame_gap and \
-                    tuple(entry[1].shape) == tuple(cur.shape[1:]):
-                fused = self.temporal_refine(entry[1][None], cur)[0]
+            previous = self.temporal_previous(x, cur.shape[1:])
+            if previous is not None:
+                fused = self.temporal_refine(previous[None], cur)[0]
                 if out is features:
                     out = features.clone()
                 out[i, :, :rows, :cols] = fused[0]
-            self._temporal_state[key] = (index, cur[0].detach().clone())
-            self._temporal_state.move_to_end(key)
-            while len(self._temporal_state) > self.temporal_max_sequences:
-                self._temporal_state.popitem(last=False)
+            self.temporal_store(x, cur[0])
         return out
+
+    def temporal_previous(self, x, feature_shape) -> Optional[torch.Tensor]:
+        """The stored unrefined features (C, h, w) that input ``x`` continues, or None (the plain path):
+        ``x`` has ``sequence_id`` + ``frame_index``, its sequence's stored frame lies 1 to
+        ``TEMPORAL_MAX_FRAME_GAP`` frames before it and has ``feature_shape`` (the features of ``x``'s
+        image padded alone). Also used by exported inference (``segdep_d2.modeling.export``)."""
+        if x.get("sequence_id", None) is None or x.get("frame_index", None) is None:
+            return None
+        entry = self._temporal_state.get(str(x["sequence_id"]), None)
+        if entry is None or not 0 < int(x["frame_index"]) - entry[0] <= self.temporal_max_frame_gap:
+            return None
+        return entry[1] if tuple(entry[1].shape) == tuple(feature_shape) else None
+
+    def temporal_store(self, x, features: torch.Tensor):
+        """Make ``features`` (C, h, w, unrefined) the state of ``x``'s sequence (nothing for an input
+        without ``sequence_id`` / ``frame_index``); at most ``TEMPORAL_MAX_SEQUENCES`` sequences, least
+        recently used dropped first."""
+        if x.get("sequence_id", None) is None or x.get("frame_index", None) is None:
+            return
+        key = str(x["sequence_id"])
+        self._temporal_state[key] = (int(x["frame_index"]), features.detach().clone())
+        self._temporal_state.move_to_end(key)
+        while len(self._temporal_state) > self.temporal_max_sequences:
+            self._temporal_state.popitem(last=False)
 
     def _temporal_train(self, features, batched_inputs, images):
         """Training: refine the features of the inputs with ``prev_image``. Returns ``(features,
