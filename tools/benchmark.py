@@ -92,8 +92,8 @@ frozen HydraNet guide added, guide included; when the config has no semantic inp
 and ``semantic_guide_vs_eager`` (ratios of medians; paired spread under ``ratio_spread``), ``params`` and
 ``gflops`` (fvcore, one multiply-add counted once) of the network, ``semantic_guide_params`` /
 ``semantic_guide_gflops``, ``sparse_input`` (the pattern's points and density), ``peak_memory_mb``
-(the two eager variants), ``notes``, the device and settings. No onnxruntime variant: export.py has no
-exportable DepthCompletion network.
+(the two eager variants), ``notes``, the device and settings. No onnxruntime variant yet (the network
+exports: ``tools/export_model.py``; this family times eager against interpolation).
 
     python tools/benchmark.py --model depth_completion --output benchmarks/depth_completion_kitti_352x1216_cpu.json
 """
@@ -973,9 +973,8 @@ DEPTH_COMPLETION_GUIDE_OPTS = (
     "MODEL.DEPTH_COMPLETION.GUIDE_WEIGHTS", "",
 )
 DEPTH_COMPLETION_NOT_MEASURED = (
-    "onnxruntime / torch.export not measured: segdep_d2/modeling/export.py has no exportable network for "
-    "DepthCompletion (it exports PanopticDepthLab and HydraNet, one image input each; DepthCompletion's "
-    "network takes the image and the sparse depth)"
+    "onnxruntime / torch.export not measured here: tools/export_model.py exports DepthCompletion (images + "
+    "sparse depth), but this family times the eager model against the interpolation baselines only"
 )
 
 
@@ -1110,19 +1109,6 @@ def build_depth_completion_variants(cfg):
     return runners
 
 
-class _CompletionNetwork(nn.Module):
-    """DepthCompletion's network for fvcore: normalised padded images, sparse depth (and class maps)
-    -> the five depth maps (and the confidence logits), as ``network_outputs`` computes them."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images, sparse, semantics=None):
-        depths, confidence = self.model.network_outputs(images, sparse, semantics)
-        return tuple(depths) + ((confidence,) if confidence is not None else ())
-
-
 def _gflops(module, inputs):
     from fvcore.nn import FlopCountAnalysis
 
@@ -1134,11 +1120,12 @@ def _gflops(module, inputs):
 
 def depth_completion_facts(cfg, runners, height, width):
     """Parameters and fvcore FLOPs (one multiply-add counted once) of the network at this size (padded
-    to its size divisibility: sparse stem, semantic embedding, encoder, decoder, the five predictions;
-    no normalisation, padding or crop), the same for the semantic-guide variant (its completion
+    to its size divisibility: :class:`~segdep_d2.modeling.export.DepthCompletionNetwork` with the class
+    maps as input: sparse stem, semantic embedding, encoder, decoder and the predictions the exported
+    depth needs; no crop), the same for the semantic-guide variant (its completion
     network with the 19 class maps, plus the guide HydraNet's exported network), and the sparse
     input's facts."""
-    from segdep_d2.modeling.export import network_for
+    from segdep_d2.modeling.export import DepthCompletionNetwork, network_for
 
     model = runners["depth_completion"]
     d = model.size_divisibility
@@ -1152,12 +1139,12 @@ def depth_completion_facts(cfg, runners, height, width):
     with torch.no_grad():
         # the completion network's own parameters (a config's own guide, if any, not counted)
         facts = {"params": sum(p.numel() for p in model.parameters() if id(p) not in guide_ids),
-                 "gflops": _gflops(_CompletionNetwork(model), (images, sparse, semantics) if semantics is not None
-                                   else (images, sparse))}
+                 "gflops": _gflops(DepthCompletionNetwork(model, semantics=None if semantics is None else "probabilities"),
+                                   (images, sparse) if semantics is None else (images, sparse, semantics))}
         guided = runners.get("semantic_guide_model")
         if guided is not None:
             guide_params = sum(p.numel() for p in guided.guide.parameters())
-            network = _gflops(_CompletionNetwork(guided),
+            network = _gflops(DepthCompletionNetwork(guided, semantics="probabilities"),
                               (images, sparse, torch.zeros(1, guided.num_classes, ph, pw, device=device)))
             guide = _gflops(network_for(guided.guide), torch.zeros(1, 3, height, width, device=device))
             facts["semantic_guide_params"] = {"total": sum(p.numel() for p in guided.parameters()),
