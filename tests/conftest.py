@@ -174,3 +174,14 @@ def register_records(name, records, **metadata):
 def drop_keys(records, keys):
     """Copies of ``records`` without ``keys``."""
     return [{k: v for k, v in r.items() if k not in keys} for r in records]
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one intra-op thread for the test (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -30,12 +30,8 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# torch on one thread: the tests run side by side with others on 2 cores
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_cfg(*opts):

@@ -26,12 +26,8 @@ ALL_CONFIGS = sorted(
 )
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# torch on one thread: the tests run side by side with others on 2 cores
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load_cfg(path=CPU_CONFIG, *opts):

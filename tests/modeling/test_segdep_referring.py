@@ -38,12 +38,8 @@ def tiny_clip_config(tiny_open_clip):
     assert tiny_open_clip == TINY_CLIP  # registered once for the session (tests/conftest.py)
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# torch on one thread: the tests run side by side with others on 2 cores
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(*opts):

@@ -12,7 +12,6 @@ import glob
 import os
 
 import pytest
-import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Leaf configs per project: a new config (or a lost one) changes these counts, so none is skipped silently.
@@ -34,12 +33,8 @@ def _project(path):
     return os.path.relpath(path, os.path.join(REPO_ROOT, "projects")).split(os.sep)[0]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# torch on one thread: the tests run side by side with others on 2 cores
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_walk_finds_every_leaf_config(export_tool):
