@@ -35,13 +35,14 @@ class DeployedModel(nn.Module):
     ``"torchscript"``) and ``path`` which file.
     """
 
-    def __init__(self, network, model, path, runtime, pads_input):
+    def __init__(self, network, model, path, runtime, pads_input, outputs="logits"):
         super().__init__()
         self.network = network
         self.model = model.eval()
         self.path = path
         self.runtime = runtime
         self.pads_input = pads_input
+        self.outputs = outputs  # the file's output set: "logits", "labels" (HydraNet), "referring" (SegDep)
 
     @property
     def device(self):
@@ -55,10 +56,12 @@ class DeployedModel(nn.Module):
 
     def forward(self, batched_inputs):
         with torch.no_grad():
-            return exported_inference(self._run, self.model, batched_inputs, pads_input=self.pads_input)
+            return exported_inference(self._run, self.model, batched_inputs, pads_input=self.pads_input,
+                                      outputs=self.outputs)
 
-    def _run(self, images):
-        outputs = self.network(images.to(self.device))  # a torch program runs where the model was built
+    def _run(self, *inputs):
+        # a torch program runs where the model was built (onnxruntime: the CPU, as the model)
+        outputs = self.network(*(x.to(self.device) if torch.is_tensor(x) else x for x in inputs))
         return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
 
 
@@ -86,12 +89,12 @@ def deployed_file(path):
 
 def _check_export_info(path, cfg):
     """For torch.export / TorchScript files (no metadata inside): the export.json written beside
-    them must come from the same model family as ``cfg``."""
+    them must come from the same model family as ``cfg``. Returns the file's output set."""
     info_path = os.path.join(os.path.dirname(path), "export.json")
     if not os.path.isfile(info_path):
         logger.warning("%s has no export.json beside it: its outputs are trusted to match %s",
                        path, cfg.MODEL.META_ARCHITECTURE)
-        return
+        return "logits"
     with open(info_path) as f:
         info = json.load(f)
     arch = info.get("meta_architecture")
@@ -100,6 +103,7 @@ def _check_export_info(path, cfg):
             f"{path} was exported from a {arch} config (its export.json), not a {cfg.MODEL.META_ARCHITECTURE} one; "
             "re-export it with tools/export_model.py from the config you use"
         )
+    return info.get("output_kind", "logits")
 
 
 def load_deployed(path, cfg, model=None, threads=None, spinning=False) -> DeployedModel:
@@ -130,10 +134,11 @@ def load_deployed(path, cfg, model=None, threads=None, spinning=False) -> Deploy
     if fmt == "onnx":
         onnx_model = load_onnx_model(path, cfg, model=model, threads=threads or torch.get_num_threads(),
                                      spinning=spinning)
-        return DeployedModel(onnx_model.network, model, path, "onnxruntime", onnx_model.pads_input)
-    _check_export_info(path, cfg)
+        return DeployedModel(onnx_model.network, model, path, "onnxruntime", onnx_model.pads_input,
+                             onnx_model.outputs)
+    outputs = _check_export_info(path, cfg)
     network = torch.export.load(path).module() if fmt == "torch_export" else torch.jit.load(path, map_location=model.device)
     from .export import NETWORKS
 
     pads_input = getattr(NETWORKS.get(cfg.MODEL.META_ARCHITECTURE), "pads_input", False)
-    return DeployedModel(network, model, path, fmt, pads_input)
+    return DeployedModel(network, model, path, fmt, pads_input, outputs)

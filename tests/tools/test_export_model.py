@@ -714,3 +714,25 @@ def test_segdep_file_from_another_config_is_refused(tool, tiny_segdep_opts, tmp_
                               ["MODEL.DEVICE", "cpu", *tiny_segdep_opts, "MODEL.SEGDEP.TEMPORAL", "True"])
     with pytest.raises(ValueError, match=r"output_names: .*'features'.*input_names: .*'prev_features'"):
         load_onnx_model(path, temporal, model=model)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_load_deployed_runs_a_depth_completion_export_like_the_model(tool, completion_labels_onnx, tmp_path, fmt):
+    """``--deployed`` (load_deployed) takes the multi-input families too: images, sparse depth and labels
+    reach the file from the detectron2 inputs, and the result is the eager model's."""
+    from segdep_d2.modeling.deployed import load_deployed
+
+    cfg, model, path, _ = completion_labels_onnx
+    if fmt != "onnx":
+        tool.export(cfg, 64, 96, str(tmp_path), fmt, model=model)
+        path = str(tmp_path)
+    deployed = load_deployed(path, cfg, model=model)
+    assert deployed.runtime == ("onnxruntime" if fmt == "onnx" else fmt)
+    for x in (_completion_input(64, 96, 5, labels=5), _completion_input(64, 96, 6, labels=5, height=128, width=192)):
+        with torch.no_grad():
+            eager = model([x])[0]
+        got = deployed([x])[0]
+        assert got["depth"].shape == eager["depth"].shape == (x["height"], x["width"])
+        assert float(eager["depth"].max() - eager["depth"].min()) > 1.0
+        assert float((got["depth"] - eager["depth"]).abs().max()) <= 1e-3
+        torch.testing.assert_close(got["depth_confidence"], eager["depth_confidence"], rtol=0, atol=1e-4)
