@@ -15,6 +15,10 @@ output, every semantic region) labelled "class 12.3 m", the dense depth with a c
     python tools/visualize_depth_panoptic.py --config-file C --input images/ --sparse-depth velodyne_raw/ \
         --output out/vis MODEL.WEIGHTS path/to/model_final.pth
 
+    # the deployed model instead of the eager one: a tools/export_model.py file or folder
+    python tools/visualize_depth_panoptic.py --config-file C --dataset vkitti2_val --output out/vis \
+        --deployed out/export/model.onnx
+
 Writes per image ``<stem>_panoptic.png`` (``<stem>_sem_seg.png`` for a model without panoptic
 output, e.g. HydraNet), ``<stem>_depth.png``, ``<stem>_error.png`` (GT only) and ``<stem>_panel.png``
 (input, overlay, depth and error side by side). A depth-completion model (no segmentation) gives
