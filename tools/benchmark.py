@@ -288,10 +288,7 @@ def _deployed_runner(cfg, model):
     import tempfile
 
     from segdep_d2.modeling.deployed import load_deployed
-    from segdep_d2.modeling.export import export_onnx
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from export_model import onnx_dynamic
+    from segdep_d2.modeling.export import export_onnx, onnx_dynamic
 
     deployed = {}
 

@@ -94,6 +94,7 @@ from segdep_d2.modeling.export import (  # noqa: E402
     export_onnx,
     load_onnx_model,
     network_for,
+    onnx_dynamic,
     onnx_parity,
     parity_summary,
     save_exported,
@@ -102,19 +103,6 @@ from visualize_depth_panoptic import load_model, setup_cfg  # noqa: E402
 
 logger = logging.getLogger("segdep_d2.export")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-def onnx_dynamic(model):
-    """Whether the ONNX export gets dynamic height / width. HydraNet: always. PanopticDepthLab:
-    when every ASPP pools globally (configs without a training crop); an ASPP with a fixed
-    image-pooling kernel (cropped training, :class:`ImagePooling2d`) is traced with the kernel of
-    the export size, so the export is static-size there. DepthCompletion and SegDep have no ASPP:
-    dynamic (unless a guide run inside the graph has such an ASPP)."""
-    if type(model).__name__ == "HydraNet":
-        return True
-    from segdep_d2.modeling import ImagePooling2d
-
-    return not any(isinstance(m, ImagePooling2d) for m in model.modules())
-
 
 def default_check_size(height, width, divisibility=None):
     """A second size for the dynamic-shape check: about 3/4 of the export size; not a multiple of

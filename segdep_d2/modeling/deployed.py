@@ -16,7 +16,7 @@ import os
 import torch
 from torch import nn
 
-from .export import FORMATS, exported_inference, load_onnx_model
+from .export import FORMATS, NETWORKS, exported_inference, load_onnx_model
 
 __all__ = ["DeployedModel", "load_deployed", "deployed_file"]
 
@@ -138,7 +138,5 @@ def load_deployed(path, cfg, model=None, threads=None, spinning=False) -> Deploy
                              onnx_model.outputs)
     outputs = _check_export_info(path, cfg)
     network = torch.export.load(path).module() if fmt == "torch_export" else torch.jit.load(path, map_location=model.device)
-    from .export import NETWORKS
-
     pads_input = getattr(NETWORKS.get(cfg.MODEL.META_ARCHITECTURE), "pads_input", False)
     return DeployedModel(network, model, path, fmt, pads_input, outputs)

@@ -66,6 +66,7 @@ __all__ = [
     "export_panoptic_depthlab",
     "save_exported",
     "export_onnx",
+    "onnx_dynamic",
     "onnx_parity",
     "parity_metrics",
     "parity_summary",
@@ -688,6 +689,19 @@ def config_fingerprint(cfg, outputs="logits") -> Dict:
         fingerprint["clip_model"] = cfg.MODEL.SEGDEP.CLIP_MODEL
         fingerprint["temporal"] = bool(cfg.MODEL.SEGDEP.TEMPORAL)
     return fingerprint
+
+
+def onnx_dynamic(model):
+    """Whether the ONNX export gets dynamic height / width. HydraNet: always. PanopticDepthLab:
+    when every ASPP pools globally (configs without a training crop); an ASPP with a fixed
+    image-pooling kernel (cropped training, :class:`ImagePooling2d`) is traced with the kernel of
+    the export size, so the export is static-size there. DepthCompletion and SegDep have no ASPP:
+    dynamic (unless a guide run inside the graph has such an ASPP)."""
+    if type(model).__name__ == "HydraNet":
+        return True
+    from .aspp import ImagePooling2d
+
+    return not any(isinstance(m, ImagePooling2d) for m in model.modules())
 
 
 def export_onnx(model, cfg, height, width, path, dynamic=True, opset=ONNX_OPSET, outputs="logits", rewrite=None):
