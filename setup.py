@@ -42,5 +42,5 @@ setup(
         # SafeTrip-Q seed's mit-b2); imported only for such a teacher. Tested with 5.x on numpy 1.26.
         "transformers",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest>=7.3"]},
 )
