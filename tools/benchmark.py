@@ -87,13 +87,16 @@ LiDAR-like sparse depth map (:func:`lidar_like_sparse_depth`: 64 scan lines in t
 ~4.5 % of the pixels, 5-80 m) against interpolating that map: ``eager`` (``model(inputs)`` in eval mode
 under no_grad, as ``Predictor`` runs a model), ``eager_semantic_guide`` (the semantic-guide config's
 frozen HydraNet guide added, guide included; when the config has no semantic input of its own),
-``nearest_fill`` and ``bilinear_fill`` (the evaluation's trivial baselines, numpy). It writes
-``latency_ms``, ``latency_stats_ms``, ``median_ms``, ``eager_vs_nearest_fill``, ``eager_vs_bilinear_fill``
-and ``semantic_guide_vs_eager`` (ratios of medians; paired spread under ``ratio_spread``), ``params`` and
+``nearest_fill`` and ``bilinear_fill`` (the evaluation's trivial baselines, numpy), and on the CPU
+``deployed`` / ``deployed_semantic_guide`` (the two eager models exported to ONNX at the input size and
+run by onnxruntime through ``load_deployed``, as ``--deployed PATH`` runs them). It writes
+``latency_ms``, ``latency_stats_ms``, ``median_ms``, ``eager_vs_nearest_fill``, ``eager_vs_bilinear_fill``,
+``semantic_guide_vs_eager``, ``deployed_vs_eager`` and ``semantic_guide_deployed_vs_eager`` (ratios of
+medians; eager / deployed for the last two; paired spread under ``ratio_spread``), ``deployed_parity``
+(largest relative and absolute depth differences, deployed against eager), ``params`` and
 ``gflops`` (fvcore, one multiply-add counted once) of the network, ``semantic_guide_params`` /
 ``semantic_guide_gflops``, ``sparse_input`` (the pattern's points and density), ``peak_memory_mb``
-(the two eager variants), ``notes``, the device and settings. No onnxruntime variant yet (the network
-exports: ``tools/export_model.py``; this family times eager against interpolation).
+(the two eager variants), ``notes``, the device and settings.
 
     python tools/benchmark.py --model depth_completion --output benchmarks/depth_completion_kitti_352x1216_cpu.json
 """
@@ -288,12 +291,12 @@ def _deployed_runner(cfg, model):
     import tempfile
 
     from segdep_d2.modeling.deployed import load_deployed
-    from segdep_d2.modeling.export import export_onnx, onnx_dynamic
+    from segdep_d2.modeling.export import export_onnx, onnx_dynamic, size_divisibility_of
 
     deployed = {}
 
     def prepare(inputs):
-        d = model._size_divisibility()
+        d = size_divisibility_of(model)
         h, w = inputs[0]["image"].shape[-2:]
         size = (h, w) if d <= 0 else (-(-h // d) * d, -(-w // d) * d)
         if size not in deployed:
@@ -969,10 +972,7 @@ DEPTH_COMPLETION_GUIDE_OPTS = (
     "MODEL.DEPTH_COMPLETION.SEMANTIC_CHANNELS", "2",
     "MODEL.DEPTH_COMPLETION.GUIDE_WEIGHTS", "",
 )
-DEPTH_COMPLETION_NOT_MEASURED = (
-    "onnxruntime / torch.export not measured here: tools/export_model.py exports DepthCompletion (images + "
-    "sparse depth), but this family times the eager model against the interpolation baselines only"
-)
+DEPTH_COMPLETION_NOT_DEPLOYED = "deployed (onnxruntime) not measured: onnxruntime runs on the CPU only here"
 
 
 def lidar_like_sparse_depth(height, width, seed=0, scan_rows=64, density=0.045, min_depth=5.0, max_depth=80.0):
@@ -1072,7 +1072,9 @@ def build_depth_completion_variants(cfg):
 
     * ``eager``: the config's model in eval mode, ``model(inputs)`` under ``no_grad`` as ``Predictor``
       runs a model: list[dict] (uint8 image + sparse depth) -> normalisation, padding, network,
-      crop -> ``depth`` (H, W) metres;
+      crop -> ``depth`` (H, W) metres; random weights are calibrated
+      (:func:`~segdep_d2.modeling.export.calibrate_random_weights`: the same operations, outputs that
+      depend on the network) so that ``deployed_parity`` compares something;
     * ``eager_semantic_guide`` (when the config has no semantic input of its own): the same config
       with depth_completion_kitti_semantic_guide.yaml's guide (a frozen HydraNet, 19 classes, its
       class probabilities embedded in 2 channels; :func:`depth_completion_guide_cfg`), guide included
@@ -1081,7 +1083,11 @@ def build_depth_completion_variants(cfg):
     * ``nearest_fill`` / ``bilinear_fill``: the evaluation's trivial baselines
       (:func:`segdep_d2.evaluation.nearest_fill` / :func:`~segdep_d2.evaluation.bilinear_fill`: nearest
       measured point; linear on the points' Delaunay triangulation) on the same sparse map, numpy on
-      the CPU.
+      the CPU;
+    * ``deployed`` / ``deployed_semantic_guide`` (CPU): ``eager`` / ``eager_semantic_guide`` as users
+      deploy them (``tools/export_model.py --format onnx`` at the input's padded size, guide inside the
+      graph, opened with :func:`segdep_d2.modeling.deployed.load_deployed`; as panoptic_depthlab's
+      ``deployed``).
     """
     from segdep_d2.evaluation.depth_completion import bilinear_fill, nearest_fill
 
@@ -1089,20 +1095,28 @@ def build_depth_completion_variants(cfg):
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.DEPTH_COMPLETION.GUIDE_CONFIG = _repo_path(cfg.MODEL.DEPTH_COMPLETION.GUIDE_CONFIG)
+    from segdep_d2.modeling.export import calibrate_random_weights
+
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    else:  # a fresh build outputs its input fill, in any runtime: deployed_parity would compare nothing
+        calibrate_random_weights(model)
     runners = {"eager": model, "nearest_fill": _fill_runner(nearest_fill), "bilinear_fill": _fill_runner(bilinear_fill),
                "depth_completion": model}
     if cfg.MODEL.DEPTH_COMPLETION.SEMANTIC_INPUT == "none":
         try:
             torch.manual_seed(0)
-            guided = build_model(depth_completion_guide_cfg(cfg)).eval()
+            guided = calibrate_random_weights(build_model(depth_completion_guide_cfg(cfg)).eval())
         except Exception as e:  # noqa: BLE001 -- an optional variant: recorded as unavailable with the reason
             runners["eager_semantic_guide"] = _failing(e)
         else:
             runners["eager_semantic_guide"] = runners["semantic_guide_model"] = guided
+    if cfg.MODEL.DEVICE == "cpu":  # onnxruntime's CPU provider; a GPU run times the eager variants
+        runners["deployed"] = _deployed_runner(cfg, model)
+        if "semantic_guide_model" in runners:
+            runners["deployed_semantic_guide"] = _deployed_runner(depth_completion_guide_cfg(cfg), guided)
     return runners
 
 
@@ -1159,7 +1173,23 @@ def depth_completion_facts(cfg, runners, height, width):
         "depth_min_m": float(s[measured].min()), "depth_max_m": float(s[measured].max()),
         "pattern": "LiDAR-like scan lines in the lower two-thirds (tools/benchmark.py lidar_like_sparse_depth)",
     }
+    parity = {}
+    inputs = depth_completion_inputs(argparse.Namespace(height=height, width=width), cfg, height, width)
+    with torch.no_grad():
+        for deployed, eager in (("deployed", "eager"), ("deployed_semantic_guide", "eager_semantic_guide")):
+            if deployed in runners and eager in runners:
+                parity[deployed] = depth_parity(runners[eager](inputs)[0]["depth"], runners[deployed](inputs)[0]["depth"])
+    if parity:
+        facts["deployed_parity"] = parity
     return facts
+
+
+def depth_parity(eager_depth, deployed_depth):
+    """How far a deployed depth map is from the eager one: the largest relative and absolute
+    differences (metres) over the frame."""
+    difference = (deployed_depth - eager_depth).abs()
+    return {"max_relative_depth_error": float((difference / eager_depth.abs().clamp(min=1e-6)).max()),
+            "max_abs_depth_error_m": float(difference.max())}
 
 
 def depth_completion_summary(report, args, height, width):
@@ -1167,8 +1197,7 @@ def depth_completion_summary(report, args, height, width):
     ``eager_vs_bilinear_fill``, ``semantic_guide_vs_eager``; their paired spread under ``ratio_spread``)
     and notes."""
     ratios, medians, stats = report["ratios"], report["median_ms"], report["latency_stats_ms"]
-    summary = {key: ratios[key] for key in ("eager_vs_nearest_fill", "eager_vs_bilinear_fill",
-                                            "semantic_guide_vs_eager") if key in ratios}
+    summary = {key: ratios[key] for key in DEPTH_COMPLETION_RATIOS if key in ratios}
     sparse = report["sparse_input"]
     notes = [
         f"eager: {medians['eager']:.1f} ms per {height}x{width} frame (median; IQR {stats['eager']['iqr']:.1f} ms), "
@@ -1186,26 +1215,37 @@ def depth_completion_summary(report, args, height, width):
                      "= eager_semantic_guide / eager")
     elif "eager_semantic_guide" not in report.get("unavailable", {}):
         notes.append("eager_semantic_guide not measured: the config has a semantic input of its own (eager is it)")
-    notes.append(DEPTH_COMPLETION_NOT_MEASURED)
+    if "deployed" in medians:
+        notes.append("deployed / deployed_semantic_guide: the same weights exported to ONNX at this size (guide "
+                     "inside the graph), run by onnxruntime through load_deployed as --deployed runs them; "
+                     "deployed_vs_eager = eager / deployed (the speed-up); differences under deployed_parity")
+    else:
+        notes.append(DEPTH_COMPLETION_NOT_DEPLOYED)
     summary["notes"] = notes
     return summary
 
 
+DEPTH_COMPLETION_RATIOS = ("eager_vs_nearest_fill", "eager_vs_bilinear_fill", "semantic_guide_vs_eager",
+                           "deployed_vs_eager", "semantic_guide_deployed_vs_eager")
 register_benchmark(
     "depth_completion",
     BenchmarkFamily(
         default_config="projects/DepthCompletion/configs/KITTI-DepthCompletion/depth_completion_kitti.yaml",
-        variants=("eager", "eager_semantic_guide", "nearest_fill", "bilinear_fill"),
+        variants=("eager", "eager_semantic_guide", "nearest_fill", "bilinear_fill", "deployed",
+                  "deployed_semantic_guide"),
         build=build_depth_completion_variants,
         ratios={
             "eager_vs_nearest_fill": ("eager", "nearest_fill"),
             "eager_vs_bilinear_fill": ("eager", "bilinear_fill"),
             "semantic_guide_vs_eager": ("eager_semantic_guide", "eager"),
+            # eager median / deployed median: the speed-up of deploying (> 1: faster)
+            "deployed_vs_eager": ("eager", "deployed"),
+            "semantic_guide_deployed_vs_eager": ("eager_semantic_guide", "deployed_semantic_guide"),
         },
-        compared_to_one=("eager_vs_nearest_fill", "eager_vs_bilinear_fill", "semantic_guide_vs_eager"),
+        compared_to_one=DEPTH_COMPLETION_RATIOS,
         # latency does not depend on the weights; the guide config's output/... weights need not exist
         cfg_overrides=("MODEL.DEPTH_COMPLETION.GUIDE_WEIGHTS", ""),
-        optional_variants=("eager_semantic_guide",),
+        optional_variants=("eager_semantic_guide", "deployed_semantic_guide"),
         facts=depth_completion_facts,
         summarize=depth_completion_summary,
         # torch's profiler does not see numpy's allocations (the fills)

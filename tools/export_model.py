@@ -88,7 +88,6 @@ from segdep_d2.modeling.export import (  # noqa: E402
     MIN_ARGMAX_AGREEMENT,
     NETWORKS,
     ONNX_OPSET,
-    _divisibility,
     config_fingerprint,
     export_network_with_parity,
     export_onnx,
@@ -97,7 +96,9 @@ from segdep_d2.modeling.export import (  # noqa: E402
     onnx_dynamic,
     onnx_parity,
     parity_summary,
+    calibrate_random_weights,
     save_exported,
+    size_divisibility_of,
 )
 from visualize_depth_panoptic import load_model, setup_cfg  # noqa: E402
 
@@ -144,7 +145,7 @@ def _postprocess_info(model):
         "num_classes": model.sem_seg_head.predictor.out_channels,
         "depth_output_type": model.depth_output_type,
         "depth_range_m": [model.min_depth, model.max_depth],
-        "size_divisibility": _divisibility(model),
+        "size_divisibility": size_divisibility_of(model),
     }
     if arch == "SegDep":
         encoder = model.text_encoder
@@ -269,7 +270,7 @@ def export(cfg, height, width, output_dir, fmt="torch_export", check_size=None, 
         export_onnx(model, cfg, height, width, model_path, dynamic=dynamic, outputs=outputs, rewrite=rewrite)
         sizes = [(height, width)]
         if dynamic:
-            divisibility = None if network.pads_input else _divisibility(model)
+            divisibility = None if network.pads_input else size_divisibility_of(model)
             sizes.append(tuple(check_size) if check_size else default_check_size(height, width, divisibility))
         onnx_model = load_onnx_model(model_path, cfg, model=model)
         # against the eager logits (a labels file's labels against their argmax)
@@ -373,73 +374,11 @@ def natural_test_size(cfg, divisibility):
     return -(-height // d) * d, -(-width // d) * d
 
 
-# calibrate_random_weights: the scale of the output layers' random weights. An exported network's
-# depth error grows with it (depth = fill * exp(r) or exp(x): metres = depth x the error of r), and
-# the label agreement does not depend on it (logit gaps and errors scale together).
-PREDICTOR_GAIN = 0.1
-
-
-def calibrate_random_weights(model, height=SMALL_SIZE[0], width=SMALL_SIZE[1], seed=0):
-    """Make a randomly initialised model's outputs depend on its network, as a trained model's do, so
-    that a parity check on them means something. A fresh build has output layers initialised near 0
-    (logits of std 0.01 whose top two classes tie within 1e-5 on 0.1 % of the pixels, a depth of 10 m
-    +- 2 cm, DepthCompletion's zero-initialised residual predictors that make it output its input fill)
-    and batch-norm statistics 0 / 1 that let activations grow through a deep network (random HRNet-W32
-    features reach ~1e6). So: every output layer (a module named ``*predictor`` or in ``predictors``)
-    is drawn from N(0, (PREDICTOR_GAIN / sqrt(fan_in))^2) (outputs of std ~0.1: a depth map that
-    varies by tens of percent, as does the refinement of DepthCompletion's fill), any other all-zero
-    weight from N(0, 0.05^2), and the running statistics of every batch norm are set, layer after
-    layer in one forward pass on random inputs at ``height`` x ``width``, from that layer's input:
-    the variance (floored at 1 % of the layer's mean square) and the mean less one standard
-    deviation, so that most ReLUs pass (a random network whose ReLUs switch half their inputs is
-    chaotic in float32; see the comments below)."""
-    from detectron2.layers import FrozenBatchNorm2d
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            parts = name.split(".")
-            weight = getattr(module, "weight", None)
-            if isinstance(weight, torch.nn.Parameter) and weight.dim() >= 2 and (
-                    parts[-1].endswith("predictor") or parts[-2:-1] == ["predictors"]):
-                fan_in = weight[0].numel()
-                weight.copy_(torch.randn(weight.shape, generator=g).to(weight) * PREDICTOR_GAIN / fan_in ** 0.5)
-        for p in model.parameters():
-            if p.dim() >= 2 and not p.any():
-                p.copy_(torch.randn(p.shape, generator=g).to(p) * 0.05)
-
-    def set_statistics(module, args):
-        x = args[0].float()
-        dims = [0, *range(2, x.dim())]
-        # A channel that does not vary over one example (ASPP's globally pooled branch, a dead
-        # channel) would be divided by sqrt(eps): 300x any float difference between runtimes. Floor
-        # the variance at 1 % of the layer's mean square, as a channel varies across a dataset.
-        floor = max(0.01 * float(x.pow(2).mean()), 1e-6)
-        var = x.var(dims, unbiased=False).clamp(min=floor)
-        # Outputs of mean +1 std (fresh weight 1, bias 0): about 84 % of the following ReLUs pass.
-        # Centred at 0, half of them switch at random in every layer and the network is chaotic:
-        # float rounding grows ~10 % a layer, 1e-3 relative at a ResNet-52's output, as large as
-        # the logit gaps of the 0.1 % most ambiguous pixels; shifted, it stays ~1e-5.
-        module.running_mean.copy_(x.mean(dims) - var.sqrt())
-        module.running_var.copy_(var)
-
-    norms = [m for m in model.modules() if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d))]
-    handles = [m.register_forward_pre_hook(set_statistics) for m in norms]
-    try:
-        network = network_for(model)
-        with torch.no_grad():
-            network(*network.example_inputs(height, width, seed))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return model
-
-
 def _resolve_size(size, cfg, model):
     if size == "small":
         return SMALL_SIZE
     if size == "test":
-        return natural_test_size(cfg, _divisibility(model))
+        return natural_test_size(cfg, size_divisibility_of(model))
     return tuple(size)
 
 

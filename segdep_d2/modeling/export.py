@@ -53,6 +53,7 @@ from collections import OrderedDict
 from typing import Dict, Optional, Tuple
 
 import torch
+from detectron2.layers import FrozenBatchNorm2d
 from torch import nn
 from torch.nn import functional as F
 
@@ -67,6 +68,8 @@ __all__ = [
     "save_exported",
     "export_onnx",
     "onnx_dynamic",
+    "calibrate_random_weights",
+    "size_divisibility_of",
     "onnx_parity",
     "parity_metrics",
     "parity_summary",
@@ -108,7 +111,7 @@ AGREEMENT_KEYS = {"sem_seg_logits": "argmax_agreement", "sem_seg_labels": "argma
                   "open_vocab_logits": "open_vocab_argmax_agreement", "referring_logits": "referring_mask_agreement"}
 
 
-def _divisibility(model) -> int:
+def size_divisibility_of(model) -> int:
     """The size divisibility the model pads its input to (0: none)."""
     if hasattr(model, "_size_divisibility"):
         return int(model._size_divisibility())
@@ -280,10 +283,10 @@ class DepthCompletionNetwork(nn.Module):
         if self.semantics == "probabilities":
             return F.pad(semantics.to(images.dtype), pad)
         guide_images = images
-        if not self.guide.pads_input and _divisibility(model.guide) > 0:
+        if not self.guide.pads_input and size_divisibility_of(model.guide) > 0:
             # pixel-mean padding normalises to the 0 the guide's model pads with (as exported_inference)
             mean = model.guide.pixel_mean
-            guide_images = F.pad(images - mean, _pad_amounts(images, _divisibility(model.guide))) + mean
+            guide_images = F.pad(images - mean, _pad_amounts(images, size_divisibility_of(model.guide))) + mean
         outputs = dict(zip(self.guide.output_names, self.guide(guide_images)))
         h, w = images.shape[-2:]
         probabilities = outputs["sem_seg_logits"][:, :, :h, :w].float().softmax(dim=1)
@@ -492,7 +495,7 @@ def network_for(model, outputs="logits") -> nn.Module:
 
 
 def _check_size(model, network, height, width):
-    divisibility = _divisibility(model)
+    divisibility = size_divisibility_of(model)
     # 0: the model pads nothing (detectron2's SIZE_DIVISIBILITY -1 with a backbone that asks for none)
     if not network.pads_input and divisibility > 0 and (height % divisibility or width % divisibility):
         raise ValueError(
@@ -515,6 +518,66 @@ def _torch_export(network, example):
     dimensions (SegDep's vocabulary size) where it declares them."""
     shapes = network.torch_export_dynamic_shapes() if hasattr(network, "torch_export_dynamic_shapes") else None
     return torch.export.export(network, tuple(example), dynamic_shapes=shapes)
+
+
+# calibrate_random_weights: the scale of the output layers' random weights. An exported network's
+# depth error grows with it (depth = fill * exp(r) or exp(x): metres = depth x the error of r), and
+# the label agreement does not depend on it (logit gaps and errors scale together).
+PREDICTOR_GAIN = 0.1
+
+
+def calibrate_random_weights(model, height=64, width=128, seed=0):
+    """Make a randomly initialised model's outputs depend on its network, as a trained model's do, so
+    that a parity check on them means something. A fresh build has output layers initialised near 0
+    (logits of std 0.01 whose top two classes tie within 1e-5 on 0.1 % of the pixels, a depth of 10 m
+    +- 2 cm, DepthCompletion's zero-initialised residual predictors that make it output its input fill)
+    and batch-norm statistics 0 / 1 that let activations grow through a deep network (random HRNet-W32
+    features reach ~1e6). So: every output layer (a module named ``*predictor`` or in ``predictors``)
+    is drawn from N(0, (PREDICTOR_GAIN / sqrt(fan_in))^2) (outputs of std ~0.1: a depth map that
+    varies by tens of percent, as does the refinement of DepthCompletion's fill), any other all-zero
+    weight from N(0, 0.05^2), and the running statistics of every batch norm are set, layer after
+    layer in one forward pass on random inputs at ``height`` x ``width``, from that layer's input:
+    the variance (floored at 1 % of the layer's mean square) and the mean less one standard
+    deviation, so that most ReLUs pass (a random network whose ReLUs switch half their inputs is
+    chaotic in float32; see the comments below)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            parts = name.split(".")
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.nn.Parameter) and weight.dim() >= 2 and (
+                    parts[-1].endswith("predictor") or parts[-2:-1] == ["predictors"]):
+                fan_in = weight[0].numel()
+                weight.copy_(torch.randn(weight.shape, generator=g).to(weight) * PREDICTOR_GAIN / fan_in ** 0.5)
+        for p in model.parameters():
+            if p.dim() >= 2 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=g).to(p) * 0.05)
+
+    def set_statistics(module, args):
+        x = args[0].float()
+        dims = [0, *range(2, x.dim())]
+        # A channel that does not vary over one example (ASPP's globally pooled branch, a dead
+        # channel) would be divided by sqrt(eps): 300x any float difference between runtimes. Floor
+        # the variance at 1 % of the layer's mean square, as a channel varies across a dataset.
+        floor = max(0.01 * float(x.pow(2).mean()), 1e-6)
+        var = x.var(dims, unbiased=False).clamp(min=floor)
+        # Outputs of mean +1 std (fresh weight 1, bias 0): about 84 % of the following ReLUs pass.
+        # Centred at 0, half of them switch at random in every layer and the network is chaotic:
+        # float rounding grows ~10 % a layer, 1e-3 relative at a ResNet-52's output, as large as
+        # the logit gaps of the 0.1 % most ambiguous pixels; shifted, it stays ~1e-5.
+        module.running_mean.copy_(x.mean(dims) - var.sqrt())
+        module.running_var.copy_(var)
+
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d))]
+    handles = [m.register_forward_pre_hook(set_statistics) for m in norms]
+    try:
+        network = network_for(model)
+        with torch.no_grad():
+            network(*network.example_inputs(height, width, seed))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return model
 
 
 def export_network(model, height, width, fmt="torch_export", outputs="logits"):

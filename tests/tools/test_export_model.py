@@ -410,10 +410,12 @@ DC_LABELS = ("MODEL.DEPTH_COMPLETION.SEMANTIC_INPUT", "labels", "MODEL.DEPTH_COM
 def _calibrated(tool, config, *opts, seed=0):
     """A config's model (CPU, random weights of ``seed``) calibrated so that its outputs vary (the
     walk's calibrate_random_weights: a fresh DepthCompletion outputs its input fill)."""
+    from segdep_d2.modeling.export import calibrate_random_weights
+
     cfg = tool.setup_cfg(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
     torch.manual_seed(seed)
     model = tool.load_model(cfg)
-    tool.calibrate_random_weights(model)
+    calibrate_random_weights(model)
     return cfg, model
 
 
