@@ -21,10 +21,10 @@ from segdep_d2.data.flow_io import read_vkitti2_flow, write_vkitti2_flow
 from segdep_d2.data.transforms import transform_flow
 
 SCENES, VARIATIONS = ("Scene01", "Scene20"), ("clone", "fog")
-from conftest import SEGDEP_CPU_CONFIG as CPU_CONFIG  # noqa: E402
-from conftest import TINY_OPEN_CLIP as TINY_CLIP  # noqa: E402
-from conftest import TINY_SEGDEP_OPTS as TINY  # noqa: E402
-from conftest import segdep_cfg, tiny_segdep_model as _model  # noqa: E402
+from segdep_testing import SEGDEP_CPU_CONFIG as CPU_CONFIG  # noqa: E402
+from segdep_testing import TINY_OPEN_CLIP as TINY_CLIP  # noqa: E402
+from segdep_testing import TINY_SEGDEP_OPTS as TINY  # noqa: E402
+from segdep_testing import segdep_cfg, tiny_segdep_model as _model  # noqa: E402
 
 
 # ---- transform_flow: hand-computed fields ----

@@ -10,8 +10,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from PIL import Image
 
-from conftest import drop_keys as _drop
-from conftest import register_records as _register
+from segdep_testing import drop_keys as _drop
+from segdep_testing import register_records as _register
 from segdep_d2.data import DepthPanopticDatasetMapper, read_depth, read_sem_seg
 from segdep_d2.data.datasets.metadata import depth_panoptic_metadata
 from segdep_d2.data.datasets.vkitti2 import load_vkitti2, vkitti2_metadata

@@ -14,9 +14,9 @@ from PIL import Image
 
 pytest.importorskip("transformers")
 
-from conftest import drop_keys as _drop  # noqa: E402
-from conftest import register_records as _register  # noqa: E402
-from conftest import save_tiny_segformer  # noqa: E402
+from segdep_testing import drop_keys as _drop  # noqa: E402
+from segdep_testing import register_records as _register  # noqa: E402
+from segdep_testing import save_tiny_segformer  # noqa: E402
 from segdep_d2.data import read_depth, read_sem_seg  # noqa: E402
 from segdep_d2.data.datasets.metadata import depth_panoptic_metadata  # noqa: E402
 from segdep_d2.data.datasets.vkitti2 import load_vkitti2, vkitti2_metadata  # noqa: E402

@@ -24,10 +24,10 @@ from segdep_d2.modeling.meta_arch import SegDep, model_outputs  # noqa: E402
 from segdep_d2.data.vocabularies import canonical_name  # noqa: E402
 from segdep_d2.modeling.meta_arch.segdep import LOSS_NAMES  # noqa: E402
 
-from conftest import SEGDEP_CPU_CONFIG as CPU_CONFIG  # noqa: E402
-from conftest import TINY_OPEN_CLIP as TINY_CLIP  # noqa: E402
-from conftest import TINY_SEGDEP_OPTS as TINY  # noqa: E402
-from conftest import segdep_cfg, tiny_segdep_model as _model  # noqa: E402
+from segdep_testing import SEGDEP_CPU_CONFIG as CPU_CONFIG  # noqa: E402
+from segdep_testing import TINY_OPEN_CLIP as TINY_CLIP  # noqa: E402
+from segdep_testing import TINY_SEGDEP_OPTS as TINY  # noqa: E402
+from segdep_testing import segdep_cfg, tiny_segdep_model as _model  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ALL_CONFIGS = sorted(

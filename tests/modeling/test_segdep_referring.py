@@ -25,10 +25,10 @@ from segdep_d2.modeling.heads.segdep_heads import ReferringHead  # noqa: E402
 from segdep_d2.modeling.losses import dice_loss  # noqa: E402
 from segdep_d2.modeling.meta_arch.segdep import LOSS_NAMES, REFERRING_LOSS_NAMES, SegDepImageEncoding  # noqa: E402
 
-from conftest import SEGDEP_CPU_CONFIG as CPU_CONFIG  # noqa: E402
-from conftest import TINY_OPEN_CLIP as TINY_CLIP  # noqa: E402
-from conftest import TINY_SEGDEP_OPTS as TINY  # noqa: E402
-from conftest import segdep_cfg, tiny_segdep_model as _model  # noqa: E402
+from segdep_testing import SEGDEP_CPU_CONFIG as CPU_CONFIG  # noqa: E402
+from segdep_testing import TINY_OPEN_CLIP as TINY_CLIP  # noqa: E402
+from segdep_testing import TINY_SEGDEP_OPTS as TINY  # noqa: E402
+from segdep_testing import segdep_cfg, tiny_segdep_model as _model  # noqa: E402
 QUERIES = ["the nearest car", "the van on the left"]
 REFERRING_KEYS = {f"loss_{n}" for n in REFERRING_LOSS_NAMES}
 

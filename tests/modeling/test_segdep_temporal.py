@@ -18,10 +18,10 @@ import segdep_d2  # noqa: E402,F401
 from segdep_d2.modeling.heads import MotionHead, TemporalFusion, warp  # noqa: E402
 from segdep_d2.modeling.meta_arch.segdep import LOSS_NAMES  # noqa: E402
 
-from conftest import SEGDEP_CPU_CONFIG as CPU_CONFIG  # noqa: E402
-from conftest import TINY_OPEN_CLIP as TINY_CLIP  # noqa: E402
-from conftest import TINY_SEGDEP_OPTS as TINY  # noqa: E402
-from conftest import segdep_cfg, tiny_segdep_model as _model  # noqa: E402
+from segdep_testing import SEGDEP_CPU_CONFIG as CPU_CONFIG  # noqa: E402
+from segdep_testing import TINY_OPEN_CLIP as TINY_CLIP  # noqa: E402
+from segdep_testing import TINY_SEGDEP_OPTS as TINY  # noqa: E402
+from segdep_testing import segdep_cfg, tiny_segdep_model as _model  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import save_tiny_segformer
+from segdep_testing import save_tiny_segformer
 from segdep_d2.data.datasets.sidewalk_categories import SIDEWALK_CLASSES
 from segdep_d2.data.synthetic import generate_sidewalk
 
