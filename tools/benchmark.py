@@ -71,10 +71,12 @@ open-vocabulary scores for the input's ``class_names``, post-processing) with ``
 time); ``separate``, the hand-stitched baseline (:class:`SeparateNetworks`: a segmentation network, a
 depth network and a CLIP-style open-vocabulary network, each with its own HRNet + FPN, the last with its
 own CLIP text tower); ``names19_motion`` (with the motion module, consecutive frames of one sequence:
-flow, warp and gated fusion on every call); and, when the model has the referring head, ``queries1`` /
+flow, warp and gated fusion on every call); on the CPU ``names19_deployed`` (names19 through the ONNX
+export in onnxruntime, as ``--deployed`` runs it); and, when the model has the referring head, ``queries1`` /
 ``queries20`` (the 19 names plus 1 / 20 referring queries). It writes ``latency_ms``,
 ``latency_stats_ms``, ``median_ms``, ``names100_vs_names19`` (target <= 1.3), ``cold_vs_warm_names100``,
 ``segdep_vs_separate`` (SegDep names19 / separate), ``motion_vs_plain`` (names19_motion / names19),
+``deployed_vs_eager`` (names19 / names19_deployed) with ``deployed_parity``,
 ``motion_module_params``, ``queries20_vs_queries1`` (with the referring head), ``text_cache_hit_rate``
 (over the warm variants' calls), ``text_cache`` (lookups per variant), ``params`` (total, trainable),
 ``targets``, ``notes``, the device and settings.
@@ -664,7 +666,7 @@ SEGDEP_QUERIES = (
     "the van parked on the right", "the truck farthest away", "the sky above the buildings",
 )
 # SegDep's variants whose text cache is warm (text_cache_hit_rate is over their calls).
-SEGDEP_WARM_VARIANTS = ("names19", "names100", "queries1", "queries20", "names19_motion")
+SEGDEP_WARM_VARIANTS = ("names19", "names100", "queries1", "queries20", "names19_motion", "names19_deployed")
 TEXT_CACHE_LOG = "text_cache_log"  # runners' entry holding every call's cache lookups (not a variant)
 
 
@@ -779,15 +781,24 @@ def build_segdep_variants(cfg):
       config's own when it has one, else one built from this config with it switched on and every
       shared weight copied), 19 names, each call the next frame of one sequence, so every timed
       call estimates the flow from the stored previous frame, warps and fuses (see
-      :func:`_with_motion_module`).
+      :func:`_with_motion_module`);
+    * ``names19_deployed`` (CPU): names19 with the network exported to ONNX at the input's size and
+      run by onnxruntime through :func:`segdep_d2.modeling.deployed.load_deployed` (text embeddings
+      from the same encoder and cache), as ``--deployed PATH`` runs it.
 
-    Every call's text-cache lookups (hits / misses, from ``ClipTextEncoder.cache_info``) are logged
+    Random weights are calibrated (:func:`~segdep_d2.modeling.export.calibrate_random_weights`: the
+    same operations; logits and depth that depend on the network) so that ``deployed_parity``
+    compares something. Every call's text-cache lookups (hits / misses, from ``ClipTextEncoder.cache_info``) are logged
     under ``runners[TEXT_CACHE_LOG]`` for :func:`segdep_facts`.
     """
+    from segdep_d2.modeling.export import calibrate_random_weights
+
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    else:  # outputs that depend on the network, as a trained model's: deployed_parity compares something
+        calibrate_random_weights(model)
     separate = SeparateNetworks(model).eval()
     cold = _with_own_text_cache(model)
     vocabularies = segdep_vocabularies()
@@ -819,12 +830,17 @@ def build_segdep_variants(cfg):
         for q in (1, 20):
             runners[f"queries{q}"] = runner(f"queries{q}", model, model.text_encoder,
                                             {"class_names": names19, "queries": list(SEGDEP_QUERIES[:q])})
+    if cfg.MODEL.DEVICE == "cpu":  # onnxruntime's CPU provider; a GPU run times the eager variants
+        deployed = runners["segdep_deployed"] = _deployed_runner(cfg, model)
+        runners["names19_deployed"] = runner("names19_deployed", deployed, model.text_encoder, {"class_names": names19})
+        runners["names19_deployed"].prepare = deployed.prepare  # measure() exports before timing
     # Warm the caches: one call of every warm variant on a small image encodes every prompt (names,
     # templates, the training vocabulary the referring head fuses with, the queries) it will need.
+    # (names19_deployed shares names19's encoder and cache; called here it would export a 64x64 graph.)
     small = [{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "height": 64, "width": 64}]
     with torch.no_grad():
         for name, run in runners.items():
-            if name != "names100_cold":
+            if name not in ("names100_cold", "names19_deployed", "segdep_deployed"):
                 run(small)
     log.clear()
     motion.reset_temporal_state()  # the warm-up frame was another size: the first timed warm-up stores one
@@ -886,6 +902,17 @@ def segdep_facts(cfg, runners, height, width):
     facts["motion_refined_calls"] = len(runners["motion_refinements"])  # every call but the first warm-up
     facts["motion_module_params"] = sum(p.numel() for name, p in motion.named_parameters()
                                         if name.startswith(("motion_head.", "temporal_fusion.")))
+    if "segdep_deployed" in runners:  # names19 eager against names19 deployed, outside the cache log
+        inputs = [{**x, "class_names": runners["vocabularies"]["names19"]}
+                  for x in make_inputs(argparse.Namespace(height=height, width=width))]
+        with torch.no_grad():
+            eager, deployed = model(inputs)[0], runners["segdep_deployed"](inputs)[0]
+        facts["deployed_parity"] = {
+            "argmax_agreement": float((eager["sem_seg"].argmax(0) == deployed["sem_seg"].argmax(0)).float().mean()),
+            "open_vocab_argmax_agreement": float(
+                (eager["open_vocab_seg"].argmax(0) == deployed["open_vocab_seg"].argmax(0)).float().mean()),
+            **depth_parity(eager["depth"], deployed["depth"]),
+        }
     return facts
 
 
@@ -895,7 +922,8 @@ def segdep_summary(report, args, height, width):
     medians (their paired spread under ``ratio_spread``), issue 12's target and notes."""
     ratios = report["ratios"]
     summary = {key: ratios[key] for key in ("names100_vs_names19", "cold_vs_warm_names100", "segdep_vs_separate",
-                                            "queries20_vs_queries1", "queries1_vs_names19", "motion_vs_plain")
+                                            "queries20_vs_queries1", "queries1_vs_names19", "motion_vs_plain",
+                                            "deployed_vs_eager")
                if key in ratios}
     spread = report["ratio_spread"]["names100_vs_names19"]
     summary["targets"] = {
@@ -923,6 +951,11 @@ def segdep_summary(report, args, height, width):
     notes.append(f"names19_motion: names19 with the motion module ({report['motion_module_params']} parameters: "
                  "flow from the previous frame's features, warp, gated fusion), consecutive frames of one sequence; "
                  "motion_vs_plain = names19_motion / names19")
+    if "names19_deployed" in report["latency_ms"]:
+        notes.append("names19_deployed: names19 with the network exported to ONNX at this size (text embeddings an "
+                     "input, the CLIP tower and its cache outside), run by onnxruntime through load_deployed as "
+                     "--deployed runs it; deployed_vs_eager = names19 / names19_deployed (the speed-up); "
+                     "differences under deployed_parity")
     if "queries20" in report["latency_ms"]:
         notes.append("queries1 / queries20: names19 plus 1 / 20 referring queries (SEGDEP_QUERIES), "
                      "query embeddings cached")
@@ -936,9 +969,12 @@ register_benchmark(
     "segdep",
     BenchmarkFamily(
         default_config="projects/SegDep/configs/VKITTI2-SegDep/segdep_hrnet32_vkitti2.yaml",
-        variants=("names19", "names100", "names100_cold", "separate", "queries1", "queries20", "names19_motion"),
+        variants=("names19", "names100", "names100_cold", "separate", "queries1", "queries20", "names19_motion",
+                  "names19_deployed"),
         build=build_segdep_variants,
         ratios={
+            # eager median / deployed median: the speed-up of deploying (> 1: faster)
+            "deployed_vs_eager": ("names19", "names19_deployed"),
             "motion_vs_plain": ("names19_motion", "names19"),
             "names100_vs_names19": ("names100", "names19"),
             "cold_vs_warm_names100": ("names100_cold", "names100"),
@@ -946,7 +982,7 @@ register_benchmark(
             "queries20_vs_queries1": ("queries20", "queries1"),
             "queries1_vs_names19": ("queries1", "names19"),
         },
-        compared_to_one=("cold_vs_warm_names100", "segdep_vs_separate"),
+        compared_to_one=("cold_vs_warm_names100", "segdep_vs_separate", "deployed_vs_eager"),
         facts=segdep_facts,
         summarize=segdep_summary,
         memory_variants=("names19", "names100", "separate"),
