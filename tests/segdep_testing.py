@@ -20,9 +20,8 @@ SEGDEP_CPU_CONFIG = os.path.join(REPO_ROOT, "projects/SegDep/configs/Synthetic-S
 TINY_SEGDEP_OPTS = ["MODEL.SEGDEP.CLIP_MODEL", TINY_OPEN_CLIP, "MODEL.SEGDEP.PROMPT_TEMPLATES", "['a photo of a {}.']"]
 
 
-def segdep_cfg(*opts, path=SEGDEP_CPU_CONFIG):
-    """A SegDep config from ``path`` (default: the CPU config) on the CPU, with ``opts`` merged (not frozen);
-    ``segdep_cfg(*TINY_SEGDEP_OPTS, ...)`` for the tiny text tower."""
+def cpu_cfg(path, *opts):
+    """The config at ``path`` (with segdep_d2's keys) on the CPU, with ``opts`` merged (not frozen)."""
     from detectron2.config import get_cfg
 
     from segdep_d2 import add_segdep_config
@@ -32,6 +31,12 @@ def segdep_cfg(*opts, path=SEGDEP_CPU_CONFIG):
     cfg.merge_from_file(path)
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
     return cfg
+
+
+def segdep_cfg(*opts, path=SEGDEP_CPU_CONFIG):
+    """A SegDep config from ``path`` (default: the CPU config) on the CPU, with ``opts`` merged (not frozen);
+    ``segdep_cfg(*TINY_SEGDEP_OPTS, ...)`` for the tiny text tower."""
+    return cpu_cfg(path, *opts)
 
 
 def tiny_segdep_model(*opts, seed=0):

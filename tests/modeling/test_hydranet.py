@@ -17,6 +17,7 @@ from segdep_d2.engine import SegDepTrainer
 from segdep_d2.modeling.heads.refinenet import CRPBlock
 from segdep_d2.data.class_weights import write_class_weights
 from segdep_d2.modeling.losses import UncertaintyWeighting, berhu_loss
+from segdep_testing import cpu_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CPU_CONFIG = os.path.join(REPO, "projects/HydraNet/configs/Synthetic-HydraNet/hydranet_mbv2_cpu.yaml")
@@ -31,11 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def load_cfg(path=CPU_CONFIG, *opts):
-    cfg = get_cfg()
-    add_segdep_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
-    return cfg
+    return cpu_cfg(path, *opts)
 
 
 def _model(*opts, seed=0):
