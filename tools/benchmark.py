@@ -788,8 +788,9 @@ def build_segdep_variants(cfg):
 
     Random weights are calibrated (:func:`~segdep_d2.modeling.export.calibrate_random_weights`: the
     same operations; logits and depth that depend on the network) so that ``deployed_parity``
-    compares something. Every call's text-cache lookups (hits / misses, from ``ClipTextEncoder.cache_info``) are logged
-    under ``runners[TEXT_CACHE_LOG]`` for :func:`segdep_facts`.
+    compares something. Every call's text-cache lookups (hits / misses, from
+    ``ClipTextEncoder.cache_info``) are logged under ``runners[TEXT_CACHE_LOG]`` for
+    :func:`segdep_facts`.
     """
     from segdep_d2.modeling.export import calibrate_random_weights
 
@@ -1126,13 +1127,12 @@ def build_depth_completion_variants(cfg):
       ``deployed``).
     """
     from segdep_d2.evaluation.depth_completion import bilinear_fill, nearest_fill
+    from segdep_d2.modeling.export import calibrate_random_weights
 
     if cfg.MODEL.DEPTH_COMPLETION.SEMANTIC_INPUT == "guide":  # a guide config of its own: found from any folder
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.DEPTH_COMPLETION.GUIDE_CONFIG = _repo_path(cfg.MODEL.DEPTH_COMPLETION.GUIDE_CONFIG)
-    from segdep_d2.modeling.export import calibrate_random_weights
-
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
@@ -1214,7 +1214,8 @@ def depth_completion_facts(cfg, runners, height, width):
     with torch.no_grad():
         for deployed, eager in (("deployed", "eager"), ("deployed_semantic_guide", "eager_semantic_guide")):
             if deployed in runners and eager in runners:
-                parity[deployed] = depth_parity(runners[eager](inputs)[0]["depth"], runners[deployed](inputs)[0]["depth"])
+                parity[deployed] = depth_parity(runners[eager](inputs)[0]["depth"],
+                                                runners[deployed](inputs)[0]["depth"])
     if parity:
         facts["deployed_parity"] = parity
     return facts
