@@ -88,6 +88,7 @@ from segdep_d2.modeling.export import (  # noqa: E402
     MIN_ARGMAX_AGREEMENT,
     NETWORKS,
     ONNX_OPSET,
+    calibrate_random_weights,
     config_fingerprint,
     export_network_with_parity,
     export_onnx,
@@ -96,7 +97,6 @@ from segdep_d2.modeling.export import (  # noqa: E402
     onnx_dynamic,
     onnx_parity,
     parity_summary,
-    calibrate_random_weights,
     save_exported,
     size_divisibility_of,
 )
@@ -105,6 +105,7 @@ from visualize_depth_panoptic import load_model, setup_cfg  # noqa: E402
 logger = logging.getLogger("segdep_d2.export")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
 def default_check_size(height, width, divisibility=None):
     """A second size for the dynamic-shape check: about 3/4 of the export size; not a multiple of
     32 for a network that pads itself, else the nearest multiple of ``divisibility``."""
@@ -112,8 +113,6 @@ def default_check_size(height, width, divisibility=None):
     if divisibility:
         return max(divisibility, h - h % divisibility), max(divisibility, w - w % divisibility)
     return max(8, h + 5), max(8, w + 7)
-
-
 
 
 def _postprocess_info(model):

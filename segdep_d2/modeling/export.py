@@ -507,12 +507,6 @@ def _check_size(model, network, height, width):
 FORMATS = {"torch_export": "model.pt2", "torchscript": "model.ts", "onnx": "model.onnx"}
 
 
-def _example(model, height, width, seed=0):
-    """A random (1, 3, height, width) image in 0-255 (the image-only families' example input)."""
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(1, 3, height, width, generator=g) * 255).to(model.device)
-
-
 def _torch_export(network, example):
     """``torch.export.export`` of ``network`` on the tuple ``example``, with the network's dynamic
     dimensions (SegDep's vocabulary size) where it declares them."""
@@ -1015,8 +1009,6 @@ def _session(path, threads=None, spinning=True, profile_prefix=None):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-
-
 def onnx_parity(network, onnx_network, sizes, seed=0) -> Dict[str, Dict[str, float]]:
     """onnxruntime against the eager network on random inputs per size ``(H, W)``
     (``network.example_inputs(H, W, seed + i)``): :func:`parity_metrics` of the file's outputs, e.g.
@@ -1115,7 +1107,7 @@ class OnnxInference:
 
     def network(self, *inputs: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         if len(inputs) != len(self.input_names):
-            missing = [n for n in self.input_names[len(inputs):]]
+            missing = list(self.input_names[len(inputs):])
             raise ValueError(
                 f"{self.path} takes the inputs {list(self.input_names)}; got {len(inputs)} tensor(s)"
                 + (f", missing {missing}" if missing else "")

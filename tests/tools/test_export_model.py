@@ -569,8 +569,10 @@ SEGDEP_CONFIG = os.path.join(REPO_ROOT, "projects/SegDep/configs/Synthetic-SegDe
 
 @pytest.fixture(scope="module")
 def tiny_segdep_opts(tiny_open_clip):
-    """The CPU SegDep config with the 2-layer test text tower (tests/conftest.py) and one prompt."""
-    return ["MODEL.SEGDEP.CLIP_MODEL", tiny_open_clip, "MODEL.SEGDEP.PROMPT_TEMPLATES", "['a photo of a {}.']"]
+    """The CPU SegDep config with the 2-layer test text tower (registered by the fixture) and one prompt."""
+    from segdep_testing import TINY_SEGDEP_OPTS
+
+    return list(TINY_SEGDEP_OPTS)
 
 
 def _segdep(tool, opts, *more, seed=0):
@@ -679,7 +681,7 @@ def test_segdep_referring_onnx_answers_queries_as_the_model(tool, tiny_segdep_op
     assert "referring" not in exported and exported["open_vocab_seg"].shape[0] == 1
     _assert_segdep_results_match(exported, eager)
     # a logits-only file cannot answer queries, and says so
-    _, plain_info = tool.export(cfg, 64, 96, str(tmp_path / "plain"), "onnx", model=model)
+    tool.export(cfg, 64, 96, str(tmp_path / "plain"), "onnx", model=model)
     plain = load_onnx_model(str(tmp_path / "plain" / "model.onnx"), cfg, model=model)
     with pytest.raises(ValueError, match="has 'queries' but the network has no referring output"):
         plain([x])

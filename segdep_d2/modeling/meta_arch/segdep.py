@@ -102,6 +102,13 @@ def class_map(scores: torch.Tensor) -> torch.Tensor:
     return scores.max(dim=0).indices
 
 
+def _sequence_position(x) -> Optional[Tuple[str, int]]:
+    """``(sequence_id as str, frame_index)`` of an inference input that belongs to a sequence, else None."""
+    if x.get("sequence_id", None) is None or x.get("frame_index", None) is None:
+        return None
+    return str(x["sequence_id"]), int(x["frame_index"])
+
+
 @META_ARCH_REGISTRY.register()
 class SegDep(nn.Module):
     """Closed-set segmentation, metric depth and open-vocabulary segmentation.
@@ -464,7 +471,7 @@ class SegDep(nn.Module):
         out = features
         padded_size = tuple(images.tensor.shape[-2:])
         for i, x in enumerate(batched_inputs):
-            if x.get("sequence_id", None) is None or x.get("frame_index", None) is None:
+            if _sequence_position(x) is None:
                 continue
             rows, cols = self._own_feature_size(images.image_sizes[i], padded_size, features.shape[-2:])
             cur = features[i:i + 1, :, :rows, :cols]
@@ -482,10 +489,12 @@ class SegDep(nn.Module):
         ``x`` has ``sequence_id`` + ``frame_index``, its sequence's stored frame lies 1 to
         ``TEMPORAL_MAX_FRAME_GAP`` frames before it and has ``feature_shape`` (the features of ``x``'s
         image padded alone). Also used by exported inference (``segdep_d2.modeling.export``)."""
-        if x.get("sequence_id", None) is None or x.get("frame_index", None) is None:
+        position = _sequence_position(x)
+        if position is None:
             return None
-        entry = self._temporal_state.get(str(x["sequence_id"]), None)
-        if entry is None or not 0 < int(x["frame_index"]) - entry[0] <= self.temporal_max_frame_gap:
+        key, index = position
+        entry = self._temporal_state.get(key, None)
+        if entry is None or not 0 < index - entry[0] <= self.temporal_max_frame_gap:
             return None
         return entry[1] if tuple(entry[1].shape) == tuple(feature_shape) else None
 
@@ -493,10 +502,11 @@ class SegDep(nn.Module):
         """Make ``features`` (C, h, w, unrefined) the state of ``x``'s sequence (nothing for an input
         without ``sequence_id`` / ``frame_index``); at most ``TEMPORAL_MAX_SEQUENCES`` sequences, least
         recently used dropped first."""
-        if x.get("sequence_id", None) is None or x.get("frame_index", None) is None:
+        position = _sequence_position(x)
+        if position is None:
             return
-        key = str(x["sequence_id"])
-        self._temporal_state[key] = (int(x["frame_index"]), features.detach().clone())
+        key, index = position
+        self._temporal_state[key] = (index, features.detach().clone())
         self._temporal_state.move_to_end(key)
         while len(self._temporal_state) > self.temporal_max_sequences:
             self._temporal_state.popitem(last=False)
